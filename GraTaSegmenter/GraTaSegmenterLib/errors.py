@@ -1,0 +1,42 @@
+"""Errors the engine raises for bad input.
+
+Every error a user can cause (a wrong file, a wrong image, a wrong option) is
+one of these, with a message that says what is wrong *and what to do*. The
+command line turns them into one line on stderr and a non-zero exit code, the
+Slicer module into one message box; anything else is a bug.
+"""
+
+
+class GraTaError(Exception):
+    """Base class: a problem the user can fix; the message says how."""
+
+
+class InputError(GraTaError, ValueError):
+    """The image or batch given to the engine cannot be used as it is."""
+
+
+class ModelFileError(GraTaError, ValueError):
+    """A model file cannot be loaded (not a model, tampered, or incompatible)."""
+
+
+class ConfigurationError(GraTaError, ValueError):
+    """An option or a combination of options is not supported."""
+
+
+class OutOfMemory(GraTaError, MemoryError):
+    """The device ran out of memory; the message suggests what to change."""
+
+
+OOM_ADVICE = ("out of memory on {device} while {doing}. Use a smaller batch (fewer slices at once), "
+              "or run on the CPU (--device cpu), or close other programs using the {device}.")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for the out-of-memory errors of every torch backend."""
+    import torch
+
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
+                                              or "not enough memory" in text)
