@@ -178,10 +178,13 @@ class Method:
     def state_dict(self) -> dict[str, Any]:
         return {"method": self.name, "steps_done": self.steps_done, "generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def _check_compatible(self, state: dict[str, Any]) -> None:
         if state.get("method") != self.name:
             raise ConfigurationError(f"the saved adaptation state is of method {state.get('method')!r}, "
                                      f"not {self.name!r}; reset the adaptation or choose that method")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._check_compatible(state)
         self.steps_done = int(state["steps_done"])
         self.generator.set_state(state["generator"])
 
@@ -424,10 +427,10 @@ class GraTa(GradientMethod):
         state["losses"] = [self.aux_loss_name, self.pseudo_loss_name]
         return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def _check_compatible(self, state: dict[str, Any]) -> None:
+        super()._check_compatible(state)
         if list(state.get("losses", [])) != [self.aux_loss_name, self.pseudo_loss_name]:
             raise ConfigurationError("the saved adaptation state used other losses; reset the adaptation")
-        super().load_state_dict(state)
 
 
 METHODS = {"none": NoAdapt, "bn": BNAdapt, "tent": Tent, "grata": GraTa}
