@@ -1,0 +1,121 @@
+"""Tests of the multi-centre fundus phantom (GraTaSegmenterLib.phantom)."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from GraTaSegmenterLib import phantom
+from GraTaSegmenterLib.phantom import CENTRES, AcquisitionProfile, describe, render
+
+SIZE = 128
+
+
+def test_centres_are_profiles():
+    assert sorted(CENTRES) == ["A", "B", "C", "D", "E"]
+    for name, p in CENTRES.items():
+        assert isinstance(p, AcquisitionProfile) and p.name == name
+        assert np.asarray(p.colour_matrix).shape == (3, 3)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            p.gamma = 2.0
+        text = describe(name)
+        assert text.startswith(f"Centre {name}") and "gamma" in text
+
+
+@pytest.mark.parametrize("centre", sorted(CENTRES))
+def test_shapes_types_ranges(centre):
+    images, masks = render(centre, 2, seed=1, size=SIZE)
+    assert images.shape == (2, 3, SIZE, SIZE) and images.dtype == np.float32
+    assert masks.shape == (2, 2, SIZE, SIZE) and masks.dtype == np.uint8
+    assert images.min() >= 0.0 and images.max() <= 1.0
+    assert set(np.unique(masks)) <= {0, 1}
+    disc, cup = masks[:, 0].astype(bool), masks[:, 1].astype(bool)
+    assert disc.any(axis=(1, 2)).all() and cup.any(axis=(1, 2)).all()
+    assert not (cup & ~disc).any()
+
+
+def test_deterministic_and_prefix():
+    a_img, a_mask = render("B", 3, seed=7, size=SIZE)
+    b_img, b_mask = render("B", 3, seed=7, size=SIZE)
+    assert np.array_equal(a_img, b_img) and np.array_equal(a_mask, b_mask)
+    p_img, p_mask = render("B", 2, seed=7, size=SIZE)
+    assert np.array_equal(p_img, a_img[:2]) and np.array_equal(p_mask, a_mask[:2])
+
+
+def test_threads_do_not_change_results(monkeypatch):
+    ref = render("C", 3, seed=3, size=SIZE)
+    monkeypatch.setattr(phantom, "_WORKERS", 1)
+    serial = render("C", 3, seed=3, size=SIZE)
+    assert all(np.array_equal(r, s) for r, s in zip(ref, serial))
+
+
+def test_seeds_and_centres_differ():
+    a0, m0 = render("A", 2, seed=0, size=SIZE)
+    a1, m1 = render("A", 2, seed=1, size=SIZE)
+    assert not np.array_equal(a0, a1) and not np.array_equal(m0, m1)
+    means = {c: render(c, 4, seed=0, size=SIZE)[0].mean(axis=(0, 2, 3)) for c in "ABCDE"}
+    for c in "BCDE":  # per-channel mean colour differs from the source centre
+        assert np.abs(means[c] - means["A"]).max() > 0.01, c
+    for c in "CD":  # strong centres differ clearly
+        assert np.abs(means[c] - means["A"]).max() > 0.08, c
+
+
+def _vertical_cdr(mask):
+    rows_disc = np.flatnonzero(mask[0].any(axis=1))
+    rows_cup = np.flatnonzero(mask[1].any(axis=1))
+    return (rows_cup[-1] - rows_cup[0] + 1) / (rows_disc[-1] - rows_disc[0] + 1)
+
+
+def test_cup_to_disc_ratio_spread():
+    _, masks = render("A", 40, seed=11, size=SIZE)
+    cdr = np.array([_vertical_cdr(m) for m in masks])
+    assert cdr.min() >= 0.15 and cdr.max() <= 0.85
+    assert cdr.min() < 0.35 and cdr.max() > 0.65
+
+
+def test_disc_size_follows_magnification():
+    def mean_disc(c):
+        return render(c, 12, seed=5, size=SIZE)[1][:, 0].mean()
+    a, c, d = mean_disc("A"), mean_disc("C"), mean_disc("D")
+    assert c < a < d
+    # disc diameter 25-45 % of the crop width at magnification 1 (loose check)
+    _, masks = render("A", 12, seed=5, size=SIZE)
+    cols = np.array([np.flatnonzero(m[0].any(axis=0)).size for m in masks]) / SIZE
+    assert 0.2 < cols.min() and cols.max() < 0.5
+
+
+def test_mask_matches_visible_disc():
+    """The disc is brighter than its surroundings in every centre."""
+    for c in "ABCDE":
+        images, masks = render(c, 3, seed=2, size=SIZE)
+        for img, m in zip(images, masks):
+            lum = img.mean(axis=0)
+            assert lum[m[0] == 1].mean() > lum[m[0] == 0].mean() + 0.05, c
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    (dict(centre="F", count=1), "A, B, C, D, E"),
+    (dict(centre="a", count=1), "choose one of"),
+    (dict(centre="A", count=0), "count"),
+    (dict(centre="A", count=1.5), "count"),
+    (dict(centre="A", count=1, size=63), ">= 64"),
+    (dict(centre="A", count=1, seed=-1), "seed"),
+])
+def test_argument_validation(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        render(**kwargs)
+    if kwargs["centre"] not in CENTRES:
+        with pytest.raises(ValueError):
+            describe(kwargs["centre"])
+
+
+def test_windowed_masks_equal_full_grid():
+    """Masks are computed in a window around the disc; nothing is cut off."""
+    for c in "ABCDE":
+        for i in range(3):
+            rng_anat, _ = phantom._rngs(c, 0, i)
+            anatomy = phantom._make_anatomy(rng_anat, CENTRES[c])
+            x, y = phantom._axes(SIZE)
+            dl = anatomy.disc_level(x, y)
+            full = np.stack([dl <= 1.0, anatomy.cup_level(x, y, dl) <= 1.0]).astype(np.uint8)
+            assert np.array_equal(phantom._masks(anatomy, SIZE), full)
