@@ -54,7 +54,7 @@ def load_target(root: Path, dataset: str, size: int, limit: int | None):
 
 
 def fmt(stat: dict) -> str:
-    return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+    return f"{stat['mean']:.2f} +/- {stat['std']:.2f}"
 
 
 def markdown_tables(paper: list[dict], episodic: list[dict], source_row: dict | None) -> str:
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                       + " ".join(f"{s}:{v['mean_dice']['mean']:.1f}" for s, v in by_steps.items()), flush=True)
 
     table = markdown_tables(paper, episodic, source_row)
-    (args.out / "table.md").write_text(table + "\n")
+    (args.out / "table.md").write_text(table + "\n", encoding="utf-8")
     made = plots(paper, episodic, traces, args.out)
     (args.out / "results.json").write_text(json.dumps({
         "command": command, "model": str(model_path), "input_size": size, "seconds": time.time() - started,

@@ -14,7 +14,7 @@ from GraTaSegmenterLib.models.unet import UNet
 @pytest.fixture(autouse=True)
 def _seeded():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # tiny models: more threads only contend
 
 
 def fundus_card(**overrides) -> ModelCard:

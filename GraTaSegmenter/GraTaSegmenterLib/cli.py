@@ -1,20 +1,40 @@
 """The ``grata-segmenter`` command line.
 
-Subcommands are added by the modules that implement them; this file only
-parses arguments, dispatches, and turns user errors (:class:`GraTaError`) into
-one message on stderr and exit status 2.
+This file only parses arguments, dispatches to the modules that do the work
+(:mod:`.segment` for ``adapt``, :mod:`.demo` for ``demo``), and turns the way a
+run ends into an exit status, one message on stderr and, with ``--events``,
+an ``error`` event: 0 success, 2 a user error (:class:`GraTaError`: bad input,
+option, model file, existing output, full disk, out of memory), 130 cancelled
+(SIGINT/SIGTERM), 1 an internal error (a bug).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
+import time
+import traceback
 
 from . import __version__
-from .errors import GraTaError
+from .errors import GraTaError, OutOfMemory
+
+EXIT_USER_ERROR = 2
+EXIT_CANCELLED = 130
+EXIT_INTERNAL = 1
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+class UsageError(GraTaError):
+    """The command line itself is wrong (unknown option, missing argument)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: D401 - argparse API
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _cmd_info(args: argparse.Namespace, emit) -> int:
     from .models import card_summary, default_model_path, file_sha256, load_model
 
     path = args.model or default_model_path()
@@ -25,24 +45,159 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(args: argparse.Namespace):
+    from .segment import Options
+
+    return Options(model=args.model, method=args.method, steps=args.steps, lr=args.lr, aux_loss=args.aux_loss,
+                   pseudo_loss=args.pseudo_loss, mode=args.mode, device=args.device, seed=args.seed,
+                   precision=args.precision, save_state=args.save_state, load_state=args.load_state,
+                   overwrite=args.overwrite, probabilities=args.probabilities, uncertainty=args.uncertainty,
+                   batch_size=args.batch_size)
+
+
+def _cmd_adapt(args: argparse.Namespace, emit) -> int:
+    from .segment import Segmenter
+
+    start = time.perf_counter()
+    segmenter = Segmenter(_options(args), emit=emit, progress=not args.events)
+    args._segmenter = segmenter
+    results = segmenter.run(args.inputs, args.output)
+    emit("done", outputs=len(results), seconds=round(time.perf_counter() - start, 3))
+    if not args.events:
+        for paths in results:
+            print(os.path.dirname(paths["labelmap"]))
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace, emit) -> int:
+    from .demo import run_demo
+
+    run_demo(output=args.output, samples=args.samples, model=args.model, steps=args.steps, device=args.device,
+             overwrite=args.overwrite, seed=args.seed)
+    return 0
+
+
+def _add_adapt(sub) -> None:
+    p = sub.add_parser("adapt", help="adapt the model to images and segment them",
+                       description="Adapt a segmentation model to target images without labels (GraTa or a "
+                                   "baseline) and segment them; one result folder per input in OUTDIR.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="2D image (PNG, JPEG, TIFF, BMP), volume (NRRD, NIfTI, MHA/MHD) or DICOM series folder")
+    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results")
+    p.add_argument("--model", help="model file (default: the bundled fundus model)")
+    p.add_argument("--method", default="grata", choices=("grata", "tent", "bn", "none"),
+                   help="adaptation method (default grata; none = the source model as trained)")
+    p.add_argument("--steps", type=int, default=10, help="adaptation steps per input (default 10)")
+    p.add_argument("--lr", type=float, default=1e-4, help="base learning rate (default 1e-4)")
+    p.add_argument("--aux-loss", default="ent", help="GraTa auxiliary loss (default ent)")
+    p.add_argument("--pseudo-loss", default="consis", help="GraTa pseudo loss (default consis)")
+    p.add_argument("--mode", default="episodic", choices=("episodic", "continual"),
+                   help="episodic: every input starts from the source model (default); continual: the "
+                        "adapted model carries over from one input to the next, in the given order")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"),
+                   help="auto: cuda if available, else mps, else cpu")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="slices per batch for a 2D model on a volume (default: from the image size)")
+    p.add_argument("--save-state", metavar="FILE", help="save the adapted state after the last input")
+    p.add_argument("--load-state", metavar="FILE", help="start from a saved adapted state")
+    p.add_argument("--probabilities", action="store_true", help="also write the class probabilities")
+    p.add_argument("--uncertainty", action="store_true", help="also write the per-pixel uncertainty (entropy)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing results in OUTDIR")
+    p.add_argument("--events", action="store_true",
+                   help="JSON lines on stdout instead of progress bars (docs/events.md)")
+    p.set_defaults(func=_cmd_adapt)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="run the bundled model on the bundled samples, before and after adaptation")
+    p.add_argument("-o", "--output", default="grata-demo", metavar="OUTDIR",
+                   help="folder for the results (default ./grata-demo)")
+    p.add_argument("--samples", help="samples folder (default: the bundled samples)")
+    p.add_argument("--model", help="model file (default: the bundled model)")
+    p.add_argument("--steps", type=int, default=10, help="adaptation steps per sample (default 10)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace existing results in OUTDIR")
+    p.set_defaults(func=_cmd_demo, events=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="grata-segmenter", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="grata-segmenter",
+                     description="Adapt segmentation networks to new images at test time (GraTa) and segment them.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     info = sub.add_parser("info", help="show a model file's card")
     info.add_argument("model", nargs="?", help="model file (default: the bundled model)")
-    info.set_defaults(func=_cmd_info)
+    info.set_defaults(func=_cmd_info, events=False)
+    _add_adapt(sub)
+    _add_demo(sub)
     return parser
 
 
+def _message(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, OutOfMemory) and "--batch-size" not in text:
+        hinted = text.replace("a smaller batch (", "a smaller batch (--batch-size N, ")
+        text = hinted if hinted != text else text.rstrip(".") + " (options --batch-size N, --device cpu)."
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    from .cancel import Cancelled, cancel_on_signals
+    from .errors import is_out_of_memory
+    from .events import EventWriter, no_events
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    real_stdout = sys.stdout
+    emit = no_events
+    args = None
     try:
-        return args.func(args)
+        with cancel_on_signals():
+            try:
+                args = build_parser().parse_args(argv)
+                if args.events:
+                    emit = EventWriter(real_stdout)
+                # With --events stdout carries events only: anything else printed goes to stderr.
+                redirect = contextlib.redirect_stdout(sys.stderr) if args.events else contextlib.nullcontext()
+                with redirect:
+                    return args.func(args, emit)
+            except Exception as exc:  # noqa: BLE001 - translated below, outside the signal handlers
+                if is_out_of_memory(exc) and not isinstance(exc, GraTaError):
+                    raise OutOfMemory(f"out of memory ({_message(exc)}); use a smaller batch (--batch-size N) "
+                                      f"or run on the CPU (--device cpu)") from None
+                raise
+    except SystemExit as exc:  # --help, --version
+        return int(exc.code or 0)
+    except BrokenPipeError:
+        # The reader of stdout went away (e.g. `| head`, or the Slicer module closed the pipe):
+        # stop quietly; staged outputs were removed on the way out.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        print("grata-segmenter: error: the output pipe was closed; stopped", file=sys.stderr)
+        return EXIT_CANCELLED
+    except (Cancelled, KeyboardInterrupt) as exc:
+        code, kind = EXIT_CANCELLED, "Cancelled"
+        text = str(exc) if isinstance(exc, Cancelled) else "cancelled; no output was kept for the unfinished input"
     except GraTaError as exc:
-        print(f"grata-segmenter: error: {exc}", file=sys.stderr)
-        return 2
+        code, kind, text = EXIT_USER_ERROR, type(exc).__name__, _message(exc)
+        if isinstance(exc, UsageError) and "--events" in argv and emit is no_events:
+            emit = EventWriter(real_stdout)
+    except Exception as exc:  # noqa: BLE001 - a bug: say so, keep the traceback optional
+        code, kind = EXIT_INTERNAL, type(exc).__name__
+        text = (f"internal error ({type(exc).__name__}: {_message(exc)}); please report it with the command "
+                f"line (set GRATA_SEGMENTER_DEBUG=1 for the traceback)")
+        if os.environ.get("GRATA_SEGMENTER_DEBUG"):
+            traceback.print_exc()
+    segmenter = getattr(args, "_segmenter", None)
+    current = getattr(segmenter, "current_input", None)
+    print(f"grata-segmenter: error: {text}", file=sys.stderr)
+    emit("error", message=text, kind=kind, input=current)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,735 @@
+"""GraTaSegmenter: test-time adaptation (GraTa) of a segmentation network to one image, in 3D Slicer.
+
+This file is a thin shell over GraTaSegmenterLib.slicer_support, which holds
+everything that does not need Slicer (parameters and the command line, the
+event stream, the child process and its cancellation, the model catalog and
+downloads, terminology, sample data) and is tested with pytest outside Slicer.
+The adaptation itself runs in a child process (``PythonSlicer -m
+GraTaSegmenterLib.cli adapt --events``), so the GUI stays responsive.
+"""
+
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from typing import Annotated, Union
+
+import qt
+import slicer
+import vtk
+from slicer.i18n import tr as _
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+from GraTaSegmenterLib.slicer_support import catalog, dependencies, samples, terminology
+from GraTaSegmenterLib.slicer_support.events import format_seconds
+from GraTaSegmenterLib.slicer_support.parameters import (AUX_LOSSES, DEVICES, METHOD_DESCRIPTIONS, METHODS, MODES,
+                                                           PSEUDO_LOSSES, AdaptParameters, adapt_command,
+                                                           engine_environment)
+from GraTaSegmenterLib.slicer_support.process import AdaptRun, RunState
+from GraTaSegmenterLib.slicer_support.workspace import ContinualState, RunWorkspace
+
+MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+LIB_DIR = os.path.join(MODULE_DIR, "GraTaSegmenterLib")
+GRATA_URL = "https://github.com/Chen-Ziyang/GraTa"
+SETTINGS_GROUP = "GraTaSegmenter"
+ANY_FILE = "any-file"
+
+#
+# Module
+#
+
+
+class GraTaSegmenter(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("GraTa Segmenter")
+        self.parent.categories = [_("Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["GraTaSegmenter contributors"]
+        self.parent.helpText = _(
+            "Segments the optic disc and cup of a fundus photo (or any image a model file describes) after "
+            "adapting the network to that image at test time with GraTa (gradient alignment), TENT or BN. "
+            f'See <a href="{GRATA_URL}">the GraTa authors\' page</a> for the method and reference checkpoints.')
+        self.parent.acknowledgementText = _(
+            "GraTa: Chen, Ye, Pan, Xia, \"Gradient Alignment Improves Test-Time Adaptation for Medical Image "
+            "Segmentation\", AAAI 2025 (arXiv 2408.07343).")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Register the phantom fundus samples listed in GraTaSegmenterLib/samples/index.json."""
+    import SampleData
+
+    folder = os.path.join(LIB_DIR, "samples")
+    manifest = os.path.join(folder, samples.MANIFEST)
+    if not os.path.isfile(manifest):
+        return
+    thumbnail = os.path.join(MODULE_DIR, "Resources", "Icons", "GraTaSegmenter.png")
+    for source in samples.sample_data_sources(samples.load_manifest(manifest), folder, thumbnail):
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(**source)
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class GraTaSegmenterParameterNode:
+    inputVolume: Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLVectorVolumeNode]  # RGB photos are vectors
+    modelId: str = "fundus-phantom-a"
+    modelPath: str = ""
+    method: Annotated[str, Choice(list(METHODS))] = "grata"
+    steps: Annotated[int, WithinRange(1, 1000)] = 10
+    learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = 1e-4
+    auxLoss: Annotated[str, Choice(list(AUX_LOSSES))] = "ent"
+    pseudoLoss: Annotated[str, Choice(list(PSEUDO_LOSSES))] = "consis"
+    mode: Annotated[str, Choice(list(MODES))] = "episodic"
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+    uncertainty: bool = False
+    outputSegmentation: slicer.vtkMRMLSegmentationNode
+    uncertaintyVolume: slicer.vtkMRMLScalarVolumeNode
+
+
+def adaptParameters(p) -> AdaptParameters:
+    return AdaptParameters(method=p.method, steps=int(p.steps), learning_rate=float(p.learningRate),
+                           aux_loss=p.auxLoss, pseudo_loss=p.pseudoLoss, mode=p.mode, device=p.device,
+                           seed=int(p.seed), uncertainty=bool(p.uncertainty))
+
+
+#
+# Widget
+#
+
+
+class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    COMBOS = (("methodComboBox", "method", METHODS), ("auxLossComboBox", "auxLoss", AUX_LOSSES),
+              ("pseudoLossComboBox", "pseudoLoss", PSEUDO_LOSSES), ("modeComboBox", "mode", MODES),
+              ("deviceComboBox", "device", DEVICES))
+
+    def __init__(self, parent=None):
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._updatingGui = False
+        self._timer = None
+
+    def setup(self):
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/GraTaSegmenter.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = GraTaSegmenterLogic()
+
+        for name, _param, values in self.COMBOS:
+            combo = getattr(self.ui, name)
+            for value in values:
+                combo.addItem(value, value)
+            combo.connect("currentIndexChanged(int)", lambda _i, n=name: self.onComboChanged(n))
+        for i, method in enumerate(METHODS):
+            self.ui.methodComboBox.setItemData(i, METHOD_DESCRIPTIONS[method], qt.Qt.ToolTipRole)
+        for entry in self.logic.catalog:
+            self.ui.modelComboBox.addItem(entry.name, entry.id)
+            self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, entry.tooltip(), qt.Qt.ToolTipRole)
+        self.ui.modelComboBox.addItem(_("Any model file..."), ANY_FILE)
+        self.ui.modelLinkLabel.setText(
+            f'Reference checkpoints of the GraTa authors are published at <a href="{GRATA_URL}">{GRATA_URL}</a>.')
+
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.resetAdaptationButton.connect("clicked(bool)", self.onResetAdaptation)
+        self.ui.openCacheButton.connect("clicked(bool)", self.onOpenCache)
+        self.ui.clearCacheButton.connect("clicked(bool)", self.onClearCache)
+        self.ui.show3DButton.connect("toggled(bool)", self.onShow3D)
+        self.ui.editInSegmentEditorButton.connect("clicked(bool)", self.onEditInSegmentEditor)
+        self.ui.adaptationCollapsibleButton.connect("contentsCollapsed(bool)", self.onAdaptationCollapsed)
+
+        self._timer = qt.QTimer()
+        self._timer.setInterval(100)
+        self._timer.connect("timeout()", self.onPoll)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.initializeParameterNode()
+
+    def cleanup(self):
+        if self.logic is not None:
+            self.logic.cancel(wait=True)
+        self.removeObservers()
+
+    def enter(self):
+        self.initializeParameterNode()
+
+    def exit(self):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller, event):
+        if self.logic is not None:
+            self.logic.cancel(wait=True)
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event):
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # -- parameters ----------------------------------------------------------------
+    def initializeParameterNode(self):
+        parameterNode = self.logic.getParameterNode()
+        if not parameterNode.inputVolume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume:
+                parameterNode.inputVolume = firstVolume
+        self.setParameterNode(parameterNode)
+        self.ui.plotWidget.setMRMLPlotViewNode(self.logic.plotViewNode())
+
+    def setParameterNode(self, inputParameterNode):
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+            self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None):
+        p = self._parameterNode
+        if p is None or self._updatingGui:
+            return
+        self._updatingGui = True
+        try:
+            for name, param, _values in self.COMBOS:
+                combo = getattr(self.ui, name)
+                combo.setCurrentIndex(max(0, combo.findData(getattr(p, param))))
+            self.ui.modelComboBox.setCurrentIndex(max(0, self.ui.modelComboBox.findData(p.modelId)))
+            self.ui.modelPathLineEdit.currentPath = p.modelPath
+        finally:
+            self._updatingGui = False
+        entry = self.logic.entry(p.modelId)
+        self.ui.modelPathLineEdit.setEnabled(entry is None or entry.kind == "reference")
+        self.ui.modelCardLabel.setText(self.logic.modelCardText(p.modelId, p.modelPath))
+        self.ui.uncertaintyVolumeSelector.setEnabled(p.uncertainty)
+        self.ui.resetAdaptationButton.setEnabled(p.mode == "continual" and self.logic.continual.active)
+        self.updateButtons()
+
+    def onComboChanged(self, name):
+        if self._parameterNode is None or self._updatingGui:
+            return
+        _n, param, _values = next(c for c in self.COMBOS if c[0] == name)
+        setattr(self._parameterNode, param, getattr(self.ui, name).currentData)
+
+    def onModelChanged(self, index):
+        if self._parameterNode is not None and not self._updatingGui:
+            self._parameterNode.modelId = self.ui.modelComboBox.itemData(index)
+
+    def onModelPathChanged(self, path):
+        if self._parameterNode is not None and not self._updatingGui:
+            self._parameterNode.modelPath = path
+
+    def onAdaptationCollapsed(self, collapsed):
+        if collapsed or self.logic.deviceLabels is not None:
+            return
+        with slicer.util.WaitCursor():
+            labels = self.logic.detectDevices()
+        for i, device in enumerate(DEVICES):
+            self.ui.deviceComboBox.setItemText(i, labels[device])
+        self.ui.deviceInfoLabel.setText(labels["auto"])
+
+    # -- run ---------------------------------------------------------------------------
+    def updateButtons(self):
+        running = self.logic.run is not None and self.logic.run.state.busy
+        p = self._parameterNode
+        if running:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.enabled = self.logic.run.state is not RunState.Cancelling
+            self.ui.applyButton.toolTip = _("Stop the adaptation; nothing is added to the scene.")
+        else:
+            self.ui.applyButton.text = _("Adapt && Segment")
+            problems = [] if p is None else adaptParameters(p).problems()
+            if p is not None and not p.inputVolume:
+                problems.insert(0, _("select an input volume"))
+            self.ui.applyButton.enabled = p is not None and not problems
+            self.ui.applyButton.toolTip = "; ".join(problems) or _("Adapt the model to the image and segment it.")
+        for widget in (self.ui.inputsCollapsibleButton, self.ui.adaptationCollapsibleButton,
+                       self.ui.outputsCollapsibleButton):
+            widget.setEnabled(not running)
+        hasResult = p is not None and p.outputSegmentation is not None and not running
+        self.ui.show3DButton.enabled = hasResult
+        self.ui.editInSegmentEditorButton.enabled = hasResult
+
+    def onApplyButton(self):
+        if self.logic.run is not None and self.logic.run.state.busy:
+            self.logic.cancel()
+            self.log(_("Cancelling..."))
+            self.updateButtons()
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the adaptation."), waitCursor=True):
+            p = self._parameterNode
+            modelPath = self.logic.resolveModel(p.modelId, p.modelPath)
+            self.logic.saveUserDefaults(p)
+            self.ui.logTextEdit.clear()
+            self.logic.start(p.inputVolume, modelPath, adaptParameters(p), onLog=self.log)
+            self.ui.progressBar.visible = True
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = self.logic.run.progress.status_text()
+            self._timer.start()
+        self.updateButtons()
+
+    def onPoll(self):
+        run = self.logic.run
+        if run is None:
+            self._timer.stop()
+            return
+        events = run.poll()
+        if any(e.kind == "step" for e in events):
+            self.logic.updatePlot(run.progress)
+        self.ui.progressBar.value = int(round(100 * run.progress.fraction))
+        self.ui.statusLabel.text = run.progress.status_text()
+        if run.state.busy:
+            return
+        self._timer.stop()
+        with slicer.util.tryWithErrorDisplay(_("The adaptation failed."), waitCursor=True):
+            self.logic.finish(self._parameterNode)  # raises with one clear message on failure
+        if run.state is RunState.Done:
+            self.ui.statusLabel.text = _("Done in {t}.").format(t=format_seconds(run.progress.seconds))
+        else:
+            self.ui.statusLabel.text = run.failure
+        self.log(self.ui.statusLabel.text)
+        self.ui.progressBar.visible = run.state is RunState.Done
+        self.updateGUIFromParameterNode()
+
+    def log(self, text):
+        self.ui.logTextEdit.appendPlainText(text)
+        logging.info(text)
+
+    # -- after a run ------------------------------------------------------------------
+    def onResetAdaptation(self):
+        self.logic.continual.reset()
+        self.log(_("Continual adaptation reset: the next image starts from the source model."))
+        self.updateGUIFromParameterNode()
+
+    def onShow3D(self, show):
+        segmentation = self._parameterNode.outputSegmentation
+        if segmentation:
+            if show:
+                segmentation.CreateClosedSurfaceRepresentation()
+            else:
+                segmentation.RemoveClosedSurfaceRepresentation()
+
+    def onEditInSegmentEditor(self):
+        p = self._parameterNode
+        slicer.util.selectModule("SegmentEditor")
+        editor = slicer.util.getModuleWidget("SegmentEditor").editor
+        editor.setSegmentationNode(p.outputSegmentation)
+        editor.setSourceVolumeNode(p.inputVolume)
+
+    def onOpenCache(self):
+        os.makedirs(self.logic.cache.root, exist_ok=True)
+        qt.QDesktopServices.openUrl(qt.QUrl.fromLocalFile(str(self.logic.cache.root)))
+
+    def onClearCache(self):
+        size = self.logic.cache.size_bytes()
+        if size and slicer.util.confirmOkCancelDisplay(
+                _("Delete the downloaded models ({mb:.1f} MB) in {path}?").format(mb=size / 2**20,
+                                                                                  path=self.logic.cache.root)):
+            self.logic.cache.clear()
+
+
+#
+# Logic
+#
+
+
+class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
+    """Runs the engine in a child process and brings its results into the scene.
+
+    Nothing is added to the scene until a run has succeeded (the plot nodes,
+    created once, are the only exception and are not saved with the scene).
+    """
+
+    def __init__(self, pythonCommand=None, cacheRoot=None):
+        ScriptedLoadableModuleLogic.__init__(self)
+        models = os.path.join(MODULE_DIR, "Resources", "Models")
+        self.catalog = catalog.load_catalog(os.path.join(models, "catalog.json"),
+                                            os.path.join(models, "catalog.schema.json"))
+        self.cache = catalog.ModelCache(cacheRoot or os.path.join(slicer.app.cachePath, "GraTaSegmenter", "models"))
+        self.pythonCommand = pythonCommand or pythonSlicerCommand()
+        self.terms = terminology.load_terms(self.termFile())
+        self.continual = ContinualState()
+        self.run = None
+        self.workspace = None
+        self.inputVolume = None
+        self.deviceLabels = None
+        self._plotNodes = None
+
+    def getParameterNode(self):
+        """The wrapped parameter node; a new one starts from the user's saved choices."""
+        node = super().getParameterNode()
+        isNew = not node.GetParameterNames()
+        wrapped = GraTaSegmenterParameterNode(node)
+        if isNew:
+            self.loadUserDefaults(wrapped)
+        return wrapped
+
+    @staticmethod
+    def termFile():
+        return os.path.join(MODULE_DIR, "Resources", "Terminology",
+                            "SegmentationCategoryTypeModifier-GraTaSegmenter.term.json")
+
+    # -- user defaults (persist between sessions) ---------------------------------------
+    def saveUserDefaults(self, p):
+        settings = qt.QSettings()
+        for key, value in adaptParameters(p).to_settings().items():
+            settings.setValue(f"{SETTINGS_GROUP}/{key}", value)
+        settings.setValue(f"{SETTINGS_GROUP}/modelId", p.modelId)
+        settings.setValue(f"{SETTINGS_GROUP}/modelPath", p.modelPath)
+
+    def loadUserDefaults(self, p):
+        settings = qt.QSettings()
+        stored = {key: settings.value(f"{SETTINGS_GROUP}/{key}") for key in AdaptParameters().to_settings()}
+        a = AdaptParameters.from_settings(stored)
+        p.method, p.steps, p.learningRate, p.auxLoss, p.pseudoLoss = (a.method, a.steps, a.learning_rate,
+                                                                      a.aux_loss, a.pseudo_loss)
+        p.mode, p.device, p.seed, p.uncertainty = a.mode, a.device, a.seed, a.uncertainty
+        modelId = settings.value(f"{SETTINGS_GROUP}/modelId")
+        if modelId and (self.entry(modelId) is not None or modelId == ANY_FILE):
+            p.modelId = modelId
+        p.modelPath = settings.value(f"{SETTINGS_GROUP}/modelPath") or ""
+
+    # -- models ---------------------------------------------------------------------------
+    def entry(self, modelId):
+        return next((e for e in self.catalog if e.id == modelId), None)
+
+    def modelCardText(self, modelId, modelPath):
+        entry = self.entry(modelId)
+        path = modelPath if entry is None or entry.kind == "reference" else None
+        if entry is not None and entry.kind == "bundled":
+            path = os.path.join(LIB_DIR, "models", "weights", entry.file)
+        card = catalog.read_safetensors_card(path) if path and os.path.isfile(path) else None
+        text = catalog.card_text(card) if card else ""
+        if entry is not None:
+            text = entry.tooltip() + ("\n\nModel card:\n" + text if text else "")
+        return text or _("Select a model file (.safetensors with a model card, or a reference .pth checkpoint).")
+
+    def resolveModel(self, modelId, modelPath):
+        entry = self.entry(modelId)
+        if entry is None:
+            if not modelPath or not os.path.isfile(modelPath):
+                raise ValueError(_("Select a model file."))
+            return modelPath
+        dialog = None
+        if entry.kind == "download" and not self.cache.is_cached(entry):
+            dialog = slicer.util.createProgressDialog(labelText=_("Downloading {name}...").format(name=entry.name),
+                                                      maximum=100)
+
+        def progress(done, total):
+            if dialog is not None:
+                dialog.value = int(100 * done / total) if total else 0
+                slicer.app.processEvents()
+                return not dialog.wasCanceled
+            return True
+
+        try:
+            return str(catalog.resolve_model(entry, bundled_dir=os.path.join(LIB_DIR, "models", "weights"),
+                                             cache=self.cache, user_file=modelPath or None, progress=progress))
+        finally:
+            if dialog is not None:
+                dialog.close()
+
+    def detectDevices(self):
+        from GraTaSegmenterLib.slicer_support import devices
+
+        self.deviceLabels = devices.device_labels(devices.run_probe(self.pythonCommand, self.environment()))
+        return self.deviceLabels
+
+    # -- dependencies ---------------------------------------------------------------------
+    def ensureDependencies(self):
+        """PyTorch from the PyTorch extension, other packages with pip after one confirmation."""
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise RuntimeError(_("This module needs the PyTorch extension. Install 'PyTorch' from the "
+                                 "Extensions Manager and restart Slicer.")) from None
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            if not slicer.util.confirmOkCancelDisplay(_("PyTorch is not installed yet. Install it now with the "
+                                                        "PyTorch extension? This can take several minutes.")):
+                raise RuntimeError(_("PyTorch is required."))
+            torchLogic.installTorch(askConfirmation=False)
+        missing = dependencies.missing_packages()
+        if not missing:
+            return
+        if not slicer.util.confirmOkCancelDisplay(dependencies.confirmation_text(missing)):
+            raise RuntimeError(_("The required Python packages are not installed."))
+        with tempfile.TemporaryDirectory() as folder:
+            constraints = os.path.join(folder, "constraints.txt")
+            with open(constraints, "w") as f:
+                f.write(dependencies.constraints_text())
+            slicer.util.pip_install(dependencies.pip_arguments(missing, constraints))
+
+    def environment(self):
+        return engine_environment(os.environ, MODULE_DIR)
+
+    # -- a run ------------------------------------------------------------------------------
+    def start(self, inputVolume, modelPath, params, onLog=None):
+        """Write the input, start the child process; returns the AdaptRun (polled by the caller)."""
+        if self.run is not None and self.run.state.busy:
+            raise RuntimeError(_("An adaptation is already running."))
+        if inputVolume is None:
+            raise ValueError(_("Select an input volume."))
+        params.validated()
+        self.ensureDependencies()
+        self.workspace = RunWorkspace()
+        self.inputVolume = inputVolume
+        if not slicer.util.saveNode(inputVolume, str(self.workspace.input_path), {"useCompression": 0}):
+            self.workspace.cleanup()
+            raise RuntimeError(_("Could not write the input volume to {path}.").format(path=self.workspace.input_path))
+        continual = params.mode == "continual"
+        command = adapt_command(self.pythonCommand, self.workspace.input_path, self.workspace.output_dir, modelPath,
+                                params, save_state=self.continual.pending_path if continual else None,
+                                load_state=self.continual.load_path() if continual else None)
+        if onLog:
+            onLog(" ".join(command))
+        self.resetPlot()
+        self.run = AdaptRun(command, env=self.environment(), on_log=onLog)
+        self.run.start()
+        return self.run
+
+    def cancel(self, wait=False):
+        if self.run is not None and self.run.state.busy:
+            if wait:
+                self.run.cancel_and_wait(2.0)
+            else:
+                self.run.cancel()
+
+    def finish(self, parameterNode):
+        """After the run ended: import the results (Done) or clean up and raise (Failed)."""
+        run = self.run
+        try:
+            if run.state is not RunState.Done:
+                self.continual.discard_pending()
+                if run.cancelled:
+                    return
+                raise RuntimeError(run.failure + "\n\n" + _("Details are in the log."))
+            self.importResults(run.progress.outputs[-1], parameterNode)
+            self.continual.commit()
+        finally:
+            if self.workspace is not None:
+                self.workspace.cleanup()
+                self.workspace = None
+
+    def importResults(self, output, parameterNode):
+        inputVolume = self.inputVolume
+        loaded = slicer.util.loadSegmentation(output["segmentation"])
+        target = parameterNode.outputSegmentation
+        if target is None:
+            target = loaded
+            target.SetName(slicer.mrmlScene.GenerateUniqueName(inputVolume.GetName() + " GraTa segmentation"))
+        else:
+            target.GetSegmentation().DeepCopy(loaded.GetSegmentation())
+            slicer.mrmlScene.RemoveNode(loaded)
+        target.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
+        self.applyTerminology(target)
+        target.CreateDefaultDisplayNodes()
+        self.placeBeside(target, inputVolume)
+        parameterNode.outputSegmentation = target
+        if output.get("uncertainty"):
+            parameterNode.uncertaintyVolume = self.importVolume(output["uncertainty"], parameterNode.uncertaintyVolume,
+                                                                inputVolume.GetName() + " GraTa uncertainty")
+            self.placeBeside(parameterNode.uncertaintyVolume, inputVolume)
+        slicer.util.setSliceViewerLayers(background=inputVolume, fit=True)
+
+    def applyTerminology(self, segmentationNode):
+        segmentation = segmentationNode.GetSegmentation()
+        tag = slicer.vtkSegment.GetTerminologyEntryTagName()
+        for index in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(index)
+            term = terminology.match_term(self.terms, segment.GetName(), segment.GetLabelValue())
+            if term is None:
+                continue
+            segment.SetName(terminology.display_name(term.name))
+            segment.SetColor(*term.color)
+            segment.SetTag(tag, term.terminology_entry())
+
+    @staticmethod
+    def importVolume(path, target, name):
+        loaded = slicer.util.loadVolume(path)
+        if target is None:
+            loaded.SetName(slicer.mrmlScene.GenerateUniqueName(name))
+            return loaded
+        target.SetAndObserveImageData(loaded.GetImageData())
+        target.CopyOrientation(loaded)
+        slicer.mrmlScene.RemoveNode(loaded)
+        return target
+
+    @staticmethod
+    def placeBeside(node, reference):
+        shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
+        parent = shNode.GetItemParent(shNode.GetItemByDataNode(reference))
+        shNode.SetItemParent(shNode.GetItemByDataNode(node), parent)
+
+    # -- live plot --------------------------------------------------------------------------
+    def plotViewNode(self):
+        if self._plotNodes is None or slicer.mrmlScene.GetNodeByID(self._plotNodes[-1].GetID()) is None:
+            self._plotNodes = self.createPlotNodes()
+        return self._plotNodes[-1]
+
+    def createPlotNodes(self):
+        scene = slicer.mrmlScene
+        table = scene.AddNewNodeByClass("vtkMRMLTableNode", "GraTa adaptation steps")
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "GraTa adaptation")
+        chart.SetXAxisTitle("step")
+        chart.SetYAxisTitle("value")
+        series = []
+        for column, title, color in (("cosine", "cosine similarity", (0.1, 0.4, 0.9)),
+                                     ("lr_relative", "learning rate / base", (0.9, 0.4, 0.1))):
+            s = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", title)
+            s.SetAndObserveTableNodeID(table.GetID())
+            s.SetXColumnName("step")
+            s.SetYColumnName(column)
+            s.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+            s.SetColor(*color)
+            chart.AddAndObservePlotSeriesNodeID(s.GetID())
+            series.append(s)
+        view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode", "GraTa adaptation view")
+        view.SetPlotChartNodeID(chart.GetID())
+        for node in (table, chart, *series, view):
+            node.SetSaveWithScene(False)
+            node.SetHideFromEditors(True)
+        return (table, chart, *series, view)
+
+    def resetPlot(self):
+        self.plotViewNode()
+        self.updatePlot(None)
+
+    def updatePlot(self, progress):
+        import numpy as np
+
+        table = self._plotNodes[0]
+        if progress is None or not progress.plot_steps:
+            columns = [np.zeros(0), np.zeros(0), np.zeros(0)]
+        else:
+            base = float(progress.plot_lr[0] or 1.0) or 1.0
+            nan = float("nan")
+            columns = [np.array(progress.plot_steps, dtype=float),
+                       np.array([nan if v is None else v for v in progress.plot_cosine]),
+                       np.array([nan if v is None else v / base for v in progress.plot_lr])]
+        slicer.util.updateTableFromArray(table, columns, columnNames=["step", "cosine", "lr_relative"])
+
+    def plotPointCount(self):
+        return self._plotNodes[0].GetNumberOfRows() if self._plotNodes else 0
+
+
+def pythonSlicerCommand():
+    """The interpreter for the child: the PythonSlicer launcher (it sets up Slicer's
+    Python environment), or this interpreter when there is none."""
+    launcher = shutil.which("PythonSlicer")
+    if launcher is None and slicer.app.slicerHome:
+        candidate = os.path.join(slicer.app.slicerHome, "bin", "PythonSlicer" + (".exe" if os.name == "nt" else ""))
+        launcher = candidate if os.path.isfile(candidate) else None
+    return [launcher or sys.executable]
+
+
+#
+# Test (runs inside Slicer: Developer Mode > Reload and Test, or the CTest registered in CMakeLists.txt)
+#
+
+
+class GraTaSegmenterTest(ScriptedLoadableModuleTest):
+    DICE_THRESHOLD = 0.5
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_AdaptThreeStepsOnSample()
+        self.setUp()
+        self.test_CancelLeavesSceneUnchanged()
+
+    def loadSample(self):
+        import SampleData
+
+        registerSampleData()
+        manifest = samples.load_manifest(os.path.join(LIB_DIR, "samples", samples.MANIFEST))
+        sample = next(s for s in manifest if s.label)
+        volume = SampleData.downloadSample(sample.name)
+        label = slicer.util.loadLabelVolume(os.path.join(LIB_DIR, "samples", sample.label))
+        return volume, label
+
+    def runToEnd(self, logic, parameterNode, timeout=600):
+        import time
+
+        end = time.monotonic() + timeout
+        while logic.run.state.busy and time.monotonic() < end:
+            if logic.run.poll():
+                logic.updatePlot(logic.run.progress)
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        logic.finish(parameterNode)
+
+    def test_AdaptThreeStepsOnSample(self):
+        import numpy as np
+
+        self.delayDisplay("Adapt 3 steps on the CPU")
+        volume, label = self.loadSample()
+        logic = GraTaSegmenterLogic()
+        p = logic.getParameterNode()
+        p.inputVolume = volume
+        params = AdaptParameters(steps=3, device="cpu", seed=0)
+        logic.start(volume, logic.resolveModel("fundus-phantom-a", ""), params)
+        self.runToEnd(logic, p)
+        self.assertIs(logic.run.state, RunState.Done, logic.run.failure)
+        segmentation = p.outputSegmentation
+        self.assertIsNotNone(segmentation)
+        names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
+                 for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
+        self.assertEqual(sorted(names), ["Optic cup", "Optic disc"])
+        reference = slicer.util.arrayFromVolume(label) > 0
+        discId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Optic disc")
+        cupId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Optic cup")
+        disc = (slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, discId, volume) > 0)
+        disc |= slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, cupId, volume) > 0
+        dice = 2.0 * np.logical_and(disc, reference).sum() / max(1, disc.sum() + reference.sum())
+        self.assertGreater(dice, self.DICE_THRESHOLD)
+        self.assertEqual(logic.plotPointCount(), 3)
+        self.delayDisplay(f"Dice of the optic disc: {dice:.3f}")
+
+    def test_CancelLeavesSceneUnchanged(self):
+        import time
+
+        self.delayDisplay("Cancel mid-run")
+        volume, _label = self.loadSample()
+        logic = GraTaSegmenterLogic()
+        p = logic.getParameterNode()
+        p.inputVolume = volume
+        logic.plotViewNode()
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        logic.start(volume, logic.resolveModel("fundus-phantom-a", ""), AdaptParameters(steps=200, device="cpu"))
+        end = time.monotonic() + 300
+        while logic.run.progress.global_step < 1 and logic.run.state.busy and time.monotonic() < end:
+            logic.run.poll()
+            time.sleep(0.05)
+        workspace = logic.workspace.root
+        t0 = time.monotonic()
+        logic.cancel(wait=True)
+        self.assertLess(time.monotonic() - t0, 2.5)
+        self.assertFalse(logic.run.tree_alive())
+        logic.finish(p)
+        self.assertTrue(logic.run.cancelled)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        self.assertIsNone(p.outputSegmentation)
+        self.assertFalse(os.path.exists(workspace))
+        self.delayDisplay("Cancel passed")

@@ -1,0 +1,291 @@
+"""Reading images and writing results with their geometry (SimpleITK).
+
+Every input kind the command line accepts is read here into one
+:class:`LoadedImage`: a channel-first float array plus the SimpleITK image it
+came from, whose geometry (size, origin, spacing, direction) every output
+copies. Inputs are only ever opened for reading.
+
+Also here: the writer of Slicer segmentation files (``.seg.nrrd``), a small
+NRRD writer of its own because Slicer's layout (segment axis first, kind
+``list``) is not one SimpleITK writes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import InputError
+
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+SUPPORTED = PICTURE_SUFFIXES + VOLUME_SUFFIXES
+
+
+def suffix_of(path: str | os.PathLike) -> str:
+    """The lower-case format suffix, with ``.nii.gz`` as one suffix."""
+    name = Path(path).name.lower()
+    if name.endswith(".nii.gz"):
+        return ".nii.gz"
+    return Path(name).suffix
+
+
+def stem_of(path: str | os.PathLike) -> str:
+    """The name of an input without its format suffix (a DICOM folder: its name)."""
+    p = Path(path)
+    if p.is_dir():
+        return p.resolve().name or "dicom"
+    suffix = suffix_of(p)
+    return p.name[: len(p.name) - len(suffix)] if suffix else p.name
+
+
+@dataclass
+class LoadedImage:
+    """One input image.
+
+    ``array`` is float32, channel first: ``(C, H, W)`` for 2D images,
+    ``(C, D, H, W)`` (numpy z, y, x order) for volumes. ``image`` is the
+    SimpleITK image as read: the geometry reference of every output.
+    """
+
+    path: Path
+    image: sitk.Image
+    array: np.ndarray
+    kind: str  # "picture", "volume" or "dicom"
+    suffix: str
+
+    @property
+    def dims(self) -> int:
+        return self.image.GetDimension()
+
+    @property
+    def channels(self) -> int:
+        return int(self.array.shape[0])
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.array.shape[1:])
+
+    @property
+    def is_nifti(self) -> bool:
+        return self.suffix in (".nii", ".nii.gz")
+
+
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    try:
+        series = reader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError:
+        series = ()
+    if not series:
+        raise InputError(f"{folder} is a folder without a DICOM series; give an image file or a folder "
+                         f"holding the DICOM files of one series")
+    # The series with the most files: the main acquisition when a folder holds a localiser too.
+    files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series), key=len)
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise InputError(f"the DICOM series in {folder} cannot be read ({_first_line(exc)}); "
+                         f"check that the folder holds one complete series") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if "ERROR" in line or "error" in line] or lines
+    return useful[-1][:200] if useful else type(exc).__name__
+
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+    """Read an input; raise :class:`InputError` saying what to do when it cannot be used."""
+    path = Path(path)
+    if path.is_dir():
+        image = _read_dicom_series(path)
+        kind, suffix = "dicom", ""
+    else:
+        if not path.exists():
+            raise InputError(f"{path} does not exist; check the path")
+        suffix = suffix_of(path)
+        if suffix not in SUPPORTED:
+            raise InputError(f"{path.name}: {suffix or 'files without a suffix'} is not a supported format; "
+                             f"use PNG, JPEG, TIFF, BMP, NRRD, NIfTI, MHA/MHD or a DICOM series folder")
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            raise InputError(f"{path.name} cannot be read as an image ({_first_line(exc)}); "
+                             f"check that the file is complete and of the format its name says") from None
+        kind = "picture" if suffix in PICTURE_SUFFIXES else "volume"
+    if image.GetDimension() not in (2, 3):
+        raise InputError(f"{path.name} is a {image.GetDimension()}D image; give a 2D image or a 3D volume "
+                         f"(extract one time point or channel first)")
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InputError(f"{path.name} holds complex values; give a magnitude image")
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        array = np.moveaxis(array, -1, 0)  # channels first
+    else:
+        array = array[None]
+    return LoadedImage(path=path, image=image, array=np.ascontiguousarray(array, dtype=np.float32),
+                       kind=kind, suffix=suffix)
+
+
+# -- geometry ----------------------------------------------------------------------------------
+
+def direction_matrix(image: sitk.Image) -> np.ndarray:
+    d = image.GetDimension()
+    return np.asarray(image.GetDirection(), dtype=np.float64).reshape(d, d)
+
+
+def through_plane_axis(image: sitk.Image) -> int:
+    """The numpy axis (of a z, y, x array) across which a volume's slices lie.
+
+    The slice normal is the cross product of the image's first two direction
+    columns; the axis whose direction is most aligned with it is the through-
+    plane axis: axis 0 for volumes stored slice by slice (the usual case, also
+    for oblique acquisitions), another one only for sheared geometries.
+    """
+    m = direction_matrix(image)
+    normal = np.cross(m[:, 0], m[:, 1])
+    itk_axis = int(np.argmax(np.abs(normal @ m)))
+    return 2 - itk_axis
+
+
+def geometry_3d(image: sitk.Image) -> tuple[tuple[float, ...], tuple[float, ...], np.ndarray, tuple[int, ...]]:
+    """(origin, spacing, direction 3x3, size) of an image, a 2D one as a single slice."""
+    size = tuple(int(s) for s in image.GetSize())
+    origin = tuple(float(v) for v in image.GetOrigin())
+    spacing = tuple(float(v) for v in image.GetSpacing())
+    m = direction_matrix(image)
+    if image.GetDimension() == 2:
+        m3 = np.eye(3)
+        m3[:2, :2] = m
+        return origin + (0.0,), spacing + (1.0,), m3, size + (1,)
+    return origin, spacing, m, size
+
+
+def with_geometry(array: np.ndarray, reference: sitk.Image, vector: bool = False) -> sitk.Image:
+    """A SimpleITK image of ``array`` (numpy order; components last when ``vector``)
+    with the geometry of ``reference``."""
+    image = sitk.GetImageFromArray(array, isVector=vector)
+    if tuple(image.GetSize()) != tuple(reference.GetSize()):
+        raise ValueError(f"output size {image.GetSize()} differs from the input's {reference.GetSize()}")
+    image.SetOrigin(reference.GetOrigin())
+    image.SetSpacing(reference.GetSpacing())
+    image.SetDirection(reference.GetDirection())
+    return image
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = True) -> None:
+    """Write with SimpleITK; write errors surface as OSError (see :mod:`.outputs`)."""
+    writer = sitk.ImageFileWriter()
+    writer.SetFileName(str(path))
+    writer.SetUseCompression(compress)
+    try:
+        writer.Execute(image)
+    except RuntimeError as exc:
+        raise OSError(f"cannot write {Path(path).name} ({_first_line(exc)})") from None
+
+
+# -- Slicer segmentation (.seg.nrrd) -------------------------------------------------------------
+
+def _code_text(code) -> str:
+    return f"{code.scheme}^{code.value}^{code.meaning}" if code is not None else "^^"
+
+
+def terminology_entry(segment_class) -> str:
+    """Slicer's terminology tag value for a card class (Slicer 5 serialisation:
+    context~category~type~type modifier~anatomic context~region~region modifier)."""
+    return ("Segmentation category and type - 3D Slicer General Anatomy list"
+            f"~{_code_text(segment_class.category)}~{_code_text(segment_class.type)}~^^"
+            f"~Anatomic codes - DICOM master list~{_code_text(segment_class.anatomic_region)}~^^")
+
+
+def _format_vector(values: Sequence[float]) -> str:
+    return "(" + ",".join(repr(float(v)) for v in values) + ")"
+
+
+def _nrrd_value(text: str) -> str:
+    return str(text).replace("\n", " ").replace("\r", " ")
+
+
+def segmentation_metadata(classes, nonempty: Sequence[bool], size: Sequence[int], origin, spacing,
+                          direction: np.ndarray) -> dict[str, str]:
+    """Slicer's segmentation header fields for one layer per class.
+
+    ``size`` is the (i, j, k) size of the file; ``nonempty[i]`` whether layer
+    i has a voxel set (an empty segment gets Slicer's empty extent).
+    """
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = direction * np.asarray(spacing)[None, :]
+    ijk_to_lps[:3, 3] = origin
+    ijk_to_ras = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_lps
+    extent_full = [0, size[0] - 1, 0, size[1] - 1, 0, size[2] - 1]
+    geometry = ";".join(f"{v:.17g}" for v in ijk_to_ras.ravel()) + ";" + ";".join(map(str, extent_full)) + ";"
+    meta = {
+        "Segmentation_MasterRepresentation": "Binary labelmap",
+        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+        "Segmentation_ConversionParameters": (
+            f"Reference image geometry|{geometry}|Image geometry description string determining the geometry "
+            f"of the labelmap that is created in course of conversion. Can be copied from a volume, using "
+            f"the button."),
+        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+    }
+    for i, c in enumerate(classes):
+        extent = extent_full if nonempty[i] else [0, -1, 0, -1, 0, -1]
+        tags = f"TerminologyEntry:{terminology_entry(c)}|" if c.type is not None else "|"
+        meta.update({
+            f"Segment{i}_ID": f"Segment_{c.label}",
+            f"Segment{i}_Name": c.name,
+            f"Segment{i}_NameAutoGenerated": "0",
+            f"Segment{i}_Color": " ".join(f"{v:.6g}" for v in c.color),
+            f"Segment{i}_ColorAutoGenerated": "0",
+            f"Segment{i}_Layer": str(i),
+            f"Segment{i}_LabelValue": "1",
+            f"Segment{i}_Extent": " ".join(map(str, extent)),
+            f"Segment{i}_Tags": tags,
+        })
+    return {k: _nrrd_value(v) for k, v in meta.items()}
+
+
+def write_seg_nrrd(path: str | os.PathLike, masks: np.ndarray, reference: sitk.Image, classes) -> None:
+    """Write a Slicer segmentation: one binary layer per class (overlaps allowed).
+
+    ``masks`` is ``(N, *spatial)`` in numpy order ((N, H, W) for a 2D input,
+    which becomes a single-slice volume). The file is a 4D NRRD, first axis the
+    layer (kind ``list``), with the input's geometry in LPS space, gzip encoded,
+    the layout Slicer's vtkMRMLSegmentationStorageNode writes.
+    """
+    origin, spacing, direction, _ = geometry_3d(reference)
+    masks = np.asarray(masks, dtype=np.uint8)
+    if masks.ndim == 3:
+        masks = masks[:, None]  # (N, 1, H, W)
+    # NRRD's first axis varies fastest: the bytes of a C-order (z, y, x, N) array are in
+    # file axis order (N, x, y, z).
+    data = np.ascontiguousarray(np.moveaxis(masks, 0, -1))
+    sizes = [masks.shape[0], masks.shape[3], masks.shape[2], masks.shape[1]]
+    nonempty = [bool(m.any()) for m in masks]
+    meta = segmentation_metadata(classes, nonempty, sizes[1:], origin, spacing, direction)
+    columns = [direction[:, j] * spacing[j] for j in range(3)]
+    header = [
+        "NRRD0004",
+        "# Complete NRRD file format specification at:",
+        "# http://teem.sourceforge.net/nrrd/format.html",
+        "type: unsigned char",
+        "dimension: 4",
+        "space: left-posterior-superior",
+        "sizes: " + " ".join(map(str, sizes)),
+        "space directions: none " + " ".join(_format_vector(c) for c in columns),
+        "kinds: list domain domain domain",
+        "encoding: gzip",
+        "space origin: " + _format_vector(origin),
+    ]
+    header += [f"{k}:={v}" for k, v in meta.items()]
+    with open(path, "wb") as f:
+        f.write(("\n".join(header) + "\n\n").encode("utf-8"))
+        f.write(gzip.compress(data.tobytes(), compresslevel=6))

@@ -1,0 +1,489 @@
+"""Adapt and segment: the pipeline behind ``grata-segmenter adapt`` (Slicer-free).
+
+For each input image: read it, bring it to what the model card asks for
+(channels, size, intensity normalisation), run the adaptation steps of the
+chosen method, predict, resample the probabilities back to the input grid,
+threshold them there, and write the results with the input's geometry into
+the input's result folder (atomically, see :mod:`.outputs`).
+
+How an image is fed to the network:
+
+* a 2D model on a 2D image: one batch of one image;
+* a 2D model on a volume: slice by slice along the card's ``slice_axis`` (else
+  the through-plane axis), slices batched. Adaptation batches are drawn from the
+  non-constant slices only (air padding and blank slices carry no information
+  and would bias the batch statistics); every slice is still predicted,
+  constant ones in batches of their own;
+* a 3D model on a volume: the whole volume, resized to the card's input size
+  (or zero-padded to the network's size multiple when the card has none).
+
+:class:`Segmenter` is the reusable part: build it once (model, method,
+device), then call :meth:`Segmenter.segment` on a :class:`~.imageio.LoadedImage`
+(from Python, e.g. a Slicer module) or :meth:`Segmenter.run` on files.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import imageio, outputs
+from .errors import ConfigurationError, InputError
+from .events import VERSION, EventSink, no_events
+from .preprocessing import check_finite
+
+METHOD_NAMES = ("grata", "tent", "bn", "none")
+GRADIENT_METHODS = ("grata", "tent")
+MODES = ("episodic", "continual")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+#: pixel budget of one batch: 16 slices of 512 x 512
+BATCH_PIXELS = 16 * 512 * 512
+MAX_BATCH = 64
+
+
+@dataclass
+class Options:
+    """The options of ``adapt`` (defaults as on the command line)."""
+
+    model: str | None = None
+    method: str = "grata"
+    steps: int = 10
+    lr: float = 1e-4
+    aux_loss: str = "ent"
+    pseudo_loss: str = "consis"
+    mode: str = "episodic"
+    device: str = "auto"
+    seed: int = 0
+    precision: str = "fp32"
+    save_state: str | None = None
+    load_state: str | None = None
+    overwrite: bool = False
+    probabilities: bool = False
+    uncertainty: bool = False
+    batch_size: int | None = None
+
+    def check(self) -> None:
+        if self.method not in METHOD_NAMES:
+            raise ConfigurationError(f"unknown method {self.method!r}; choose one of {', '.join(METHOD_NAMES)}")
+        if self.mode not in MODES:
+            raise ConfigurationError(f"mode must be episodic or continual, not {self.mode!r}")
+        if self.device not in DEVICES:
+            raise ConfigurationError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise ConfigurationError("--steps must be 0 or more")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigurationError("--batch-size must be at least 1")
+        if (self.save_state or self.load_state) and self.method not in GRADIENT_METHODS:
+            raise ConfigurationError(f"method {self.method!r} has no adapted state to save or load; "
+                                     f"use --method grata or tent, or drop --save-state/--load-state")
+        if self.load_state and not Path(self.load_state).is_file():
+            raise ConfigurationError(f"the adaptation state {self.load_state} does not exist; check the path "
+                                     f"or drop --load-state")
+
+    @property
+    def steps_per_input(self) -> int:
+        """Methods without gradient steps (none, bn) take no adaptation steps."""
+        return self.steps if self.method in GRADIENT_METHODS else 0
+
+
+def resolve_device(choice: str = "auto") -> tuple[torch.device, str]:
+    """The torch device for ``auto|cuda|mps|cpu`` and a description for people."""
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps is not None and mps.is_available())
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu"
+    if choice == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigurationError("--device cuda was asked for but no CUDA GPU is usable; use --device auto or cpu")
+        index = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(index)
+        return torch.device("cuda", index), f"cuda:{index} ({props.name}, {props.total_memory / 2**30:.0f} GiB)"
+    if choice == "mps":
+        if not mps_ok:
+            raise ConfigurationError("--device mps was asked for but Apple's MPS is not available; use --device "
+                                     "auto or cpu")
+        return torch.device("mps"), "mps"
+    if choice != "cpu":
+        raise ConfigurationError(f"device must be one of {', '.join(DEVICES)}, not {choice!r}")
+    return torch.device("cpu"), "cpu"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def match_channels(loaded: imageio.LoadedImage, want: int, log: Callable[[str], None]) -> np.ndarray:
+    """The image's channels as the model wants them (see docs/cli.md)."""
+    array, have, name = loaded.array, loaded.channels, loaded.path.name
+    if loaded.kind == "picture" and have in (2, 4):  # grey + alpha, RGBA
+        array, have = array[:-1], have - 1
+        log(f"{name}: alpha channel dropped")
+    if have == want:
+        return array
+    if have == 1 and want == 3:
+        log(f"{name}: grey image, repeated to 3 channels for the model")
+        return np.repeat(array, 3, axis=0)
+    raise InputError(f"the model expects {_plural(want, 'channel')}, the image has {have}; choose a "
+                     f"{'colour (RGB)' if want == 3 else 'single-channel' if want == 1 else f'{want}-channel'} "
+                     f"image or another model")
+
+
+class _Feeder:
+    """Cuts an image into network batches and maps predictions back.
+
+    ``items`` is ``(N, C, *spatial)``: the slices of a volume, or the image or
+    volume itself (N = 1).
+    """
+
+    def __init__(self, array: np.ndarray, card, slice_axis: int | None, size_multiple: int):
+        if slice_axis is not None:
+            self.items = np.moveaxis(array, 1 + slice_axis, 0)
+        else:
+            self.items = array[None]
+        self.spatial = tuple(int(s) for s in self.items.shape[2:])
+        self.card = card
+        flat = self.items.reshape(self.items.shape[0], -1)
+        self.lo, self.hi = flat.min(axis=1), flat.max(axis=1)
+        self.constant = self.hi <= self.lo
+        if card.input_size is not None:
+            self.net_size = tuple(int(s) for s in card.input_size)
+            self.pad = None
+        else:
+            self.net_size = tuple(-(-s // size_multiple) * size_multiple for s in self.spatial)
+            self.pad = self.net_size != self.spatial
+        self.mode = "bilinear" if len(self.spatial) == 2 else "trilinear"
+
+    def __len__(self) -> int:
+        return self.items.shape[0]
+
+    def batch(self, index: Sequence[int]) -> torch.Tensor:
+        raw = np.asarray(self.items[np.asarray(index)], dtype=np.float32)
+        if self.card.normalisation == "window":
+            low, high = self.card.window
+            x = np.clip((raw - low) / (high - low), 0.0, 1.0)
+        else:
+            shape = (-1,) + (1,) * (raw.ndim - 1)
+            lo, hi = self.lo[index].reshape(shape), self.hi[index].reshape(shape)
+            scale = np.where(hi > lo, 1.0 / np.where(hi > lo, hi - lo, 1.0), 0.0).astype(np.float32)
+            x = (raw - lo) * scale
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if self.card.input_size is not None and self.net_size != self.spatial:
+            down = any(n < s for n, s in zip(self.net_size, self.spatial))
+            t = F.interpolate(t, size=self.net_size, mode=self.mode, align_corners=False,
+                              antialias=down and self.mode == "bilinear").clamp_(0.0, 1.0)
+        elif self.pad:
+            pads = []
+            for n, s in zip(reversed(self.net_size), reversed(self.spatial)):
+                pads += [0, n - s]
+            t = F.pad(t, pads)
+        return t
+
+    def restore(self, probs: torch.Tensor) -> torch.Tensor:
+        """Network-resolution probabilities back to the item's grid."""
+        if self.card.input_size is not None and self.net_size != self.spatial:
+            return F.interpolate(probs, size=self.spatial, mode=self.mode, align_corners=False)
+        if self.pad:
+            return probs[(Ellipsis,) + tuple(slice(0, s) for s in self.spatial)]
+        return probs
+
+
+@dataclass
+class Prediction:
+    """The result of one image, on its own grid (numpy z, y, x order)."""
+
+    masks: np.ndarray  # (K, *spatial) uint8, one binary mask per card class (overlaps allowed)
+    labels: np.ndarray  # (*spatial) uint8
+    probabilities: np.ndarray | None = None  # (K, *spatial) float32
+    uncertainty: np.ndarray | None = None  # (*spatial) float32 in [0, 1]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def labels_from_masks(masks: np.ndarray, classes) -> np.ndarray:
+    """Pixels take the label of the last listed class that covers them."""
+    labels = np.zeros(masks.shape[1:], dtype=np.uint8)
+    for mask, c in zip(masks, classes):
+        labels[mask.astype(bool)] = c.label
+    return labels
+
+
+def normalised_entropy(probs: torch.Tensor, output: str) -> torch.Tensor:
+    """Per-pixel uncertainty in [0, 1]: sigmoid outputs the mean binary entropy (bits)
+    of the channels, softmax outputs the entropy divided by log(channels)."""
+    p = probs.clamp(1e-7, 1 - 1e-7)
+    if output == "sigmoid":
+        h = -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+        return h.mean(1)
+    return -(p * torch.log(p)).sum(1) / float(np.log(max(probs.shape[1], 2)))
+
+
+class Segmenter:
+    """A model, an adaptation method and a device, ready to segment images.
+
+    ``emit`` receives the events of :mod:`.events` (``emit(name, **fields)``),
+    ``log`` one-line remarks for people (stderr), ``progress`` switches the
+    tqdm bars on stderr.
+    """
+
+    def __init__(self, options: Options, emit: EventSink = no_events, log: Callable[[str], None] | None = None,
+                 progress: bool = False):
+        from .adaptation import make_method
+        from .models import default_model_path, load_model
+
+        options.check()
+        self.options = options
+        self.emit = emit
+        self.progress = progress
+        self._log = log
+        self.device, self.device_text = resolve_device(options.device)
+        self.model_path = Path(options.model) if options.model else default_model_path()
+        model = load_model(self.model_path, self.device)
+        self.card = model.card
+        self.model = model
+        self.method = make_method(options.method, model, seed=options.seed, lr=options.lr,
+                                  aux_loss=options.aux_loss, pseudo_loss=options.pseudo_loss,
+                                  precision=options.precision)
+        self.size_multiple = int(getattr(model, "size_multiple", 1))
+        if options.load_state:
+            self.method.load_state(options.load_state)
+        self.global_step = 0
+        self.total_steps = 0
+        self.current_input: str | None = None  # the input being processed (for error reports)
+
+    # -- small helpers -------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        if self._log is not None:
+            self._log(message)
+        else:
+            from tqdm import tqdm
+
+            tqdm.write(f"grata-segmenter: {message}", file=sys.stderr)
+
+    def _batch_size(self, feeder: _Feeder) -> int:
+        if len(feeder) == 1:
+            return 1
+        if self.options.batch_size:
+            return min(self.options.batch_size, len(feeder))
+        pixels = int(np.prod(feeder.net_size))
+        return max(1, min(MAX_BATCH, len(feeder), BATCH_PIXELS // pixels))
+
+    def _plan(self, loaded: imageio.LoadedImage) -> tuple[np.ndarray, int | None]:
+        card = self.card
+        if card.spatial_dims == 3 and loaded.dims == 2:
+            raise InputError(f"{loaded.path.name} is a 2D image but the model is 3D; give a volume or a 2D model")
+        check_finite(loaded.array, loaded.path.name)
+        lo, hi = float(loaded.array.min()), float(loaded.array.max())
+        if not hi > lo:
+            raise InputError(f"{loaded.path.name} is constant (every value is {lo:g}); there is nothing to "
+                             f"segment. Check that the right image was chosen")
+        array = match_channels(loaded, card.input_channels, self.log)
+        slice_axis = None
+        if card.spatial_dims == 2 and loaded.dims == 3:
+            slice_axis = card.slice_axis if card.slice_axis is not None else imageio.through_plane_axis(loaded.image)
+        return array, slice_axis
+
+    def reset_for_input(self) -> None:
+        """Episodic mode: back to the source model (or to the loaded state)."""
+        if self.options.mode == "episodic":
+            self.method.reset()
+            if self.options.load_state:
+                self.method.load_state(self.options.load_state)
+
+    # -- one image -----------------------------------------------------------------------
+    def segment(self, loaded: imageio.LoadedImage, input_index: int = 0) -> Prediction:
+        """Adapt on one image (as the mode says) and predict it."""
+        from tqdm import tqdm
+
+        opts, card = self.options, self.card
+        array, slice_axis = self._plan(loaded)
+        feeder = _Feeder(array, card, slice_axis, self.size_multiple)
+        batch = self._batch_size(feeder)
+        valid = np.flatnonzero(~feeder.constant)
+        constant = np.flatnonzero(feeder.constant)
+        if not len(valid):
+            raise InputError(f"every slice of {loaded.path.name} is constant; there is nothing to segment. "
+                             f"Check that the right volume was chosen")
+        steps = opts.steps_per_input
+        order = [valid[i:i + batch] for i in range(0, len(valid), batch)]
+        order += [constant[i:i + batch] for i in range(0, len(constant), batch)]
+        if slice_axis is not None and len(constant):
+            self.log(f"{loaded.path.name}: {len(constant)} of {len(feeder)} slices are constant; "
+                     f"they are predicted but not used for adaptation")
+        self.reset_for_input()
+        bar = tqdm(total=steps + len(order), desc=imageio.stem_of(loaded.path)[:24], unit="batch",
+                   file=sys.stderr, disable=not self.progress, leave=False, dynamic_ncols=True)
+        records = []
+        try:
+            perm, cursor = None, 0
+            for k in range(steps):
+                if len(valid) <= batch:
+                    index = valid
+                else:
+                    if perm is None or cursor + batch > len(perm):
+                        perm = valid[torch.randperm(len(valid), generator=self.method.generator).numpy()]
+                        cursor = 0
+                    index, cursor = perm[cursor:cursor + batch], cursor + batch
+                rec = self.method.step(feeder.batch(index)).to_dict()
+                self.global_step += 1
+                record = {"input_index": input_index, "input": str(loaded.path), "step": k + 1,
+                          "global_step": self.global_step, "total_steps": self.total_steps or steps,
+                          **{key: rec[key] for key in ("cosine", "lr", "aux_loss", "pseudo_loss", "loss",
+                                                       "seconds", "applied", "skipped")}}
+                records.append(record)
+                self.emit("step", **record)
+                bar.set_postfix_str(f"cos {rec['cosine']:+.2f}" if rec["cosine"] is not None else "")
+                bar.update(1)
+            prediction = self._predict(feeder, order, bar)
+        finally:
+            bar.close()
+        prediction.records = records
+        if slice_axis is not None:
+            prediction.masks = np.moveaxis(prediction.masks, 1, 1 + slice_axis)
+            prediction.labels = np.moveaxis(prediction.labels, 0, slice_axis)
+            if prediction.probabilities is not None:
+                prediction.probabilities = np.moveaxis(prediction.probabilities, 1, 1 + slice_axis)
+            if prediction.uncertainty is not None:
+                prediction.uncertainty = np.moveaxis(prediction.uncertainty, 0, slice_axis)
+        else:
+            prediction.masks = prediction.masks[:, 0]
+            prediction.labels = prediction.labels[0]
+            if prediction.probabilities is not None:
+                prediction.probabilities = prediction.probabilities[:, 0]
+            if prediction.uncertainty is not None:
+                prediction.uncertainty = prediction.uncertainty[0]
+        return prediction
+
+    @torch.no_grad()
+    def _predict(self, feeder: _Feeder, order: list[np.ndarray], bar) -> Prediction:
+        card, opts = self.card, self.options
+        n, spatial = len(feeder), feeder.spatial
+        classes = card.classes
+        masks = np.zeros((len(classes), n) + spatial, dtype=np.uint8)
+        probs_out = np.zeros((len(classes), n) + spatial, dtype=np.float32) if opts.probabilities else None
+        unc_out = np.zeros((n,) + spatial, dtype=np.float32) if opts.uncertainty else None
+        channels = [c.channel for c in classes]
+        for index in order:
+            logits = self.method.predict(feeder.batch(index))
+            probs = torch.sigmoid(logits) if card.output == "sigmoid" else torch.softmax(logits, 1)
+            probs = feeder.restore(probs.float())
+            if card.output == "sigmoid":
+                chosen = probs[:, channels] > 0.5
+            else:
+                winner = probs.argmax(1, keepdim=True)
+                chosen = winner == torch.tensor(channels, device=winner.device).view(1, -1, *([1] * len(spatial)))
+            masks[:, index] = chosen.transpose(0, 1).to(torch.uint8).cpu().numpy()
+            if probs_out is not None:
+                probs_out[:, index] = probs[:, channels].transpose(0, 1).cpu().numpy()
+            if unc_out is not None:
+                unc_out[index] = normalised_entropy(probs, card.output).cpu().numpy()
+            bar.update(1)
+        return Prediction(masks=masks, labels=labels_from_masks(masks, classes), probabilities=probs_out, uncertainty=unc_out)
+
+    # -- files ---------------------------------------------------------------------------
+    def write_outputs(self, loaded: imageio.LoadedImage, prediction: Prediction, folder: outputs.StagedFolder,
+                      names: dict[str, str]) -> dict[str, str]:
+        """Write one result into the staged folder; returns the file names written by kind."""
+        from .figures import plot_adaptation, write_overlay
+
+        opts, card, ref = self.options, self.card, loaded.image
+        written = {}
+        with outputs.disk_errors(folder.outdir):
+            imageio.write_image(imageio.with_geometry(prediction.labels, ref), folder.path(names["labelmap"]))
+            written["labelmap"] = names["labelmap"]
+            imageio.write_seg_nrrd(folder.path(names["segmentation"]), prediction.masks, ref, card.classes)
+            written["segmentation"] = names["segmentation"]
+            outputs.write_jsonl(folder.path(names["steps"]), prediction.records)
+            written["steps"] = names["steps"]
+            plot_adaptation(prediction.records, folder.path(names["plot"]),
+                            title=f"{loaded.path.name}: {opts.method}, {opts.mode}")
+            written["plot"] = names["plot"]
+            if loaded.dims == 2:
+                write_overlay(folder.path(names["overlay"]), loaded.array, prediction.masks,
+                              [c.color for c in card.classes])
+                written["overlay"] = names["overlay"]
+            if prediction.probabilities is not None:
+                image = imageio.with_geometry(np.moveaxis(prediction.probabilities, 0, -1), ref, vector=True)
+                imageio.write_image(image, folder.path(names["probabilities"]))
+                written["probabilities"] = names["probabilities"]
+            if prediction.uncertainty is not None:
+                imageio.write_image(imageio.with_geometry(prediction.uncertainty, ref),
+                                    folder.path(names["uncertainty"]))
+                written["uncertainty"] = names["uncertainty"]
+        return written
+
+    def run(self, inputs: Sequence[str | Path], outdir: str | Path) -> list[dict[str, str]]:
+        """Adapt and segment ``inputs`` in order, writing one result folder each.
+
+        Emits ``start``, ``step`` and ``output`` events and returns the paths of
+        each result (as in the ``output`` event); ``done`` and ``error`` are the
+        caller's (it knows how the run ended).
+        """
+        opts = self.options
+        outdir = Path(outdir).absolute()
+        inputs = [Path(p) for p in inputs]
+        targets = result_names(inputs)
+        check_inputs_and_targets(inputs, targets, outdir, opts.overwrite)
+        steps = opts.steps_per_input
+        self.total_steps = steps * len(inputs)
+        self.global_step = 0
+        self.emit("start", version=VERSION, inputs=[str(p) for p in inputs], output_dir=str(outdir),
+                  model=str(self.model_path), model_name=self.card.name, method=opts.method, mode=opts.mode,
+                  device=self.device_text, steps_per_input=steps, total_steps=self.total_steps)
+        results = []
+        for i, (path, name) in enumerate(zip(inputs, targets)):
+            self.current_input = str(path)
+            loaded = imageio.read_image(path)
+            prediction = self.segment(loaded, input_index=i)
+            names = outputs.file_names(loaded.is_nifti)
+            with outputs.StagedFolder(outdir, name, opts.overwrite) as folder:
+                written = self.write_outputs(loaded, prediction, folder, names)
+                final = folder.commit()
+            paths = {kind: str(final / filename) for kind, filename in written.items()}
+            if opts.save_state and i == len(inputs) - 1:
+                state = Path(opts.save_state).absolute()
+                with outputs.disk_errors(state.parent):
+                    self.method.save_state(state)
+                paths["state"] = str(state)
+            results.append(paths)
+            self.emit("output", input_index=i, input=str(path), paths=paths)
+            self.current_input = None
+        return results
+
+
+def result_names(inputs: Sequence[Path]) -> list[str]:
+    """Result folder names: the input's stem, ``_2``, ``_3`` ... when stems repeat."""
+    names, seen = [], {}
+    for p in inputs:
+        stem = imageio.stem_of(p) or "image"
+        count = seen.get(stem, 0) + 1
+        seen[stem] = count
+        names.append(stem if count == 1 else f"{stem}_{count}")
+    return names
+
+
+def check_inputs_and_targets(inputs: Sequence[Path], names: Sequence[str], outdir: Path, overwrite: bool) -> None:
+    """Fail before any work: missing or unsupported inputs, existing results, a result
+    folder that would replace (or hold) an input."""
+    if not inputs:
+        raise ConfigurationError("no input given; name at least one image, volume or DICOM folder")
+    for p in inputs:
+        if not p.exists():
+            raise InputError(f"{p} does not exist; check the path")
+        if p.is_file() and imageio.suffix_of(p) not in imageio.SUPPORTED:
+            raise InputError(f"{p.name}: {imageio.suffix_of(p) or 'files without a suffix'} is not a supported "
+                             f"format; use PNG, JPEG, TIFF, BMP, NRRD, NIfTI, MHA/MHD or a DICOM series folder")
+    resolved = [p.resolve() for p in inputs]
+    for name in names:
+        target = outputs.check_target(outdir, name, overwrite).resolve()
+        for p in resolved:
+            if p == target or target in p.parents:
+                raise ConfigurationError(f"the result folder {target} would replace the input {p}; choose "
+                                         f"another output folder (-o)")
+    if outdir.exists() and not outdir.is_dir():
+        raise ConfigurationError(f"{outdir} is a file, not a folder; choose an output folder (-o)")
+

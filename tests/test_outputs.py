@@ -1,0 +1,44 @@
+"""Atomic result folders and write-error translation."""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from GraTaSegmenterLib.outputs import DiskFull, OutputExists, StagedFolder, disk_errors
+
+
+def test_commit_moves_the_complete_folder_into_place(tmp_path):
+    with StagedFolder(tmp_path, "eye") as folder:
+        folder.path("a.txt").write_text("a")
+        assert not (tmp_path / "eye").exists()
+        final = folder.commit()
+    assert final == tmp_path / "eye" and (final / "a.txt").read_text() == "a"
+    assert [p.name for p in tmp_path.iterdir()] == ["eye"]
+
+
+def test_an_error_removes_the_temporary_folder(tmp_path):
+    with pytest.raises(RuntimeError):
+        with StagedFolder(tmp_path, "eye") as folder:
+            folder.path("a.txt").write_text("a")
+            raise RuntimeError("boom")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_result_refused_then_replaced_with_overwrite(tmp_path):
+    (tmp_path / "eye").mkdir()
+    (tmp_path / "eye" / "old.txt").write_text("old")
+    with pytest.raises(OutputExists):
+        StagedFolder(tmp_path, "eye")
+    with StagedFolder(tmp_path, "eye", overwrite=True) as folder:
+        folder.path("new.txt").write_text("new")
+        folder.commit()
+    assert sorted(p.name for p in (tmp_path / "eye").iterdir()) == ["new.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["eye"]
+
+
+def test_enospc_becomes_disk_full(tmp_path):
+    with pytest.raises(DiskFull, match="is full"):
+        with disk_errors(tmp_path):
+            raise OSError(errno.ENOSPC, "No space left on device")

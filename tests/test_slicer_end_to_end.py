@@ -1,0 +1,104 @@
+"""The child-process protocol end to end, exactly as the Slicer module launches it:
+``[python, -m, GraTaSegmenterLib.cli, adapt, ..., --events]`` with the module's
+environment, polled by AdaptRun; events parsed, outputs read, and a cancel
+mid-run leaving no process and no output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from GraTaSegmenterLib.slicer_support.parameters import AdaptParameters, adapt_command, engine_environment
+from GraTaSegmenterLib.slicer_support.process import AdaptRun, RunState
+from GraTaSegmenterLib.slicer_support.workspace import RunWorkspace
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "GraTaSegmenter"
+
+
+def _has_adapt() -> bool:
+    try:
+        out = subprocess.run([sys.executable, "-m", "GraTaSegmenterLib.cli", "adapt", "--help"],
+                             capture_output=True, timeout=120, env=engine_environment(os.environ, MODULE_DIR))
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0
+
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not _has_adapt(), reason="GraTaSegmenterLib.cli has no 'adapt' subcommand yet"),
+              pytest.mark.skipif(os.name == "nt", reason="the tree-kill check reads POSIX process groups")]
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    from conftest import fundus_card
+    from GraTaSegmenterLib.models import build_network, save_model
+
+    card = fundus_card()
+    return save_model(build_network(card), card, tmp_path / "tiny.safetensors")
+
+
+def write_input(path: Path, size: int = 32) -> Path:
+    """An RGB (vector) volume as the module writes it: uncompressed NRRD."""
+    rng = np.random.default_rng(0)
+    rgb = (rng.random((size, size, 3)) * 255).astype(np.uint8)
+    image = sitk.GetImageFromArray(rgb, isVector=True)
+    image.SetSpacing((0.1, 0.1))
+    sitk.WriteImage(image, str(path), useCompression=False)
+    return path
+
+
+def run_to_end(run: AdaptRun, timeout: float = 300) -> list:
+    events, end = [], time.monotonic() + timeout
+    while run.state.busy and time.monotonic() < end:
+        events += run.poll()
+        time.sleep(0.05)
+    return events
+
+
+def test_a_run_streams_steps_and_writes_a_segmentation(model_file, tmp_path):
+    ws = RunWorkspace(tmp_path)
+    write_input(ws.input_path)
+    params = AdaptParameters(steps=3, device="cpu", seed=0)
+    cmd = adapt_command([sys.executable], ws.input_path, ws.output_dir, model_file, params)
+    run = AdaptRun(cmd, env=engine_environment(os.environ, MODULE_DIR))
+    run.start()
+    events = run_to_end(run)
+    assert run.state is RunState.Done, f"{run.failure}\n" + "\n".join(run.stderr_tail)
+    kinds = [e.kind for e in events if e.kind != "log"]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("step") == 3
+    assert run.progress.plot_steps == [1, 2, 3] and run.progress.total_steps == 3
+    seg = Path(run.progress.outputs[-1]["segmentation"])
+    assert seg.is_file() and seg.name.endswith(".seg.nrrd") and ws.output_dir in seg.parents
+    image = sitk.ReadImage(str(seg))
+    assert image.GetSize()[:2] == (32, 32)
+    ws.cleanup()
+    assert not ws.root.exists()
+
+
+def test_cancel_mid_run_leaves_no_process_and_no_output(model_file, tmp_path):
+    ws = RunWorkspace(tmp_path)
+    write_input(ws.input_path, size=64)
+    params = AdaptParameters(steps=1000, device="cpu", seed=0)
+    run = AdaptRun(adapt_command([sys.executable], ws.input_path, ws.output_dir, model_file, params),
+                   env=engine_environment(os.environ, MODULE_DIR))
+    run.start()
+    end = time.monotonic() + 300
+    while run.progress.global_step < 1 and run.state.busy and time.monotonic() < end:
+        run.poll()
+        time.sleep(0.02)
+    assert run.state is RunState.Running, run.failure
+    t0 = time.monotonic()
+    run.cancel()
+    assert run.wait(5) is RunState.Failed and run.cancelled
+    assert time.monotonic() - t0 < 2.0
+    assert not run.tree_alive()
+    assert not ws.output_dir.exists() or not any(ws.output_dir.iterdir())
+    ws.cleanup()

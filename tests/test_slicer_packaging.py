@@ -1,0 +1,114 @@
+"""The extension's packaging, checked without Slicer: the static Slicer-API checker,
+the extensions-catalog entry against Slicer's schema, and the CMake lists against
+the files that exist."""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from GraTaSegmenterLib.slicer_support.schema import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULE = ROOT / "GraTaSegmenter"
+SHARED = ROOT.parent / "shared"
+CHECKER = SHARED / "tools" / "slicer_api" / "check_module.py"
+SCHEMA = SHARED / "tools" / "slicer_schemas" / "slicer-extension-catalog-entry-schema-v1.0.1.json"
+
+
+@pytest.mark.skipif(not CHECKER.is_file(), reason="../shared (the Slicer API checker) is not present next to the repo")
+def test_every_slicer_name_the_module_uses_exists():
+    out = subprocess.run([sys.executable, str(CHECKER), str(MODULE)], capture_output=True, text=True, cwd=ROOT)
+    assert out.stdout.strip().splitlines()[-1] == "unknown: 0", out.stdout + out.stderr
+
+
+@pytest.mark.skipif(not SCHEMA.is_file(), reason="../shared (Slicer's catalog schemas) is not present next to the repo")
+def test_the_catalog_entry_is_valid_against_slicers_schema():
+    entry = json.loads((ROOT / "GraTaSegmenter.json").read_text())
+    schema = json.loads(SCHEMA.read_text())
+    assert validate(entry, schema) == []
+    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
+    assert entry["category"] == "Segmentation" and "PyTorch" in entry["build_dependencies"]
+
+
+def test_the_extension_declares_what_the_slicer_catalog_needs():
+    cmake = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"project\(GraTaSegmenter\)", cmake)
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert f"set(EXTENSION_{key} " in cmake
+    assert 'set(EXTENSION_CATEGORY "Segmentation")' in cmake and "set(EXTENSION_DEPENDS PyTorch)" in cmake
+    assert "add_subdirectory(GraTaSegmenter)" in cmake
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    from PIL import Image
+
+    with Image.open(ROOT / "GraTaSegmenter.png") as icon:
+        assert icon.size == (128, 128)
+
+
+def _module_files() -> list[str]:
+    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "."],
+                         capture_output=True, text=True, cwd=MODULE)
+    if out.returncode != 0:  # not a git checkout (e.g. an sdist): walk the folder
+        return sorted(str(p.relative_to(MODULE)).replace("\\", "/") for p in MODULE.rglob("*")
+                      if p.is_file() and "__pycache__" not in p.parts and ".egg-info" not in str(p))
+    return sorted(line for line in out.stdout.splitlines() if line and Path(MODULE, line).is_file())
+
+
+def _cmake_names_and_globs() -> tuple[set[str], list[str]]:
+    text = (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "GraTaSegmenter")
+    text = re.sub(r"#.*", "", text)
+    names = set(re.findall(r"^\s+([\w./-]+\.\w+)\s*$", text, flags=re.M))
+    globs = re.findall(r"(GraTaSegmenterLib/[\w/]+/\*\.\w+)", text)
+    return names, globs
+
+
+def test_the_module_cmake_names_every_file_of_the_module_folder():
+    names, globs = _cmake_names_and_globs()
+    missing = [f for f in _module_files() if f != "CMakeLists.txt" and f not in names
+               and not any(fnmatch.fnmatch(f, g) for g in globs)]
+    assert not missing, "add to GraTaSegmenter/CMakeLists.txt: " + ", ".join(missing)
+    stale = [n for n in names if not (MODULE / n).is_file()]
+    assert not stale, "listed in GraTaSegmenter/CMakeLists.txt but missing: " + ", ".join(stale)
+    cmake = (MODULE / "CMakeLists.txt").read_text()
+    assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
+
+
+def test_only_the_module_file_imports_slicer_and_nothing_heavy_at_file_scope():
+    gui = {"slicer", "qt", "vtk", "ctk", "SampleData", "PyTorchUtils"}
+    heavy = {"torch", "numpy", "SimpleITK", "monai", "scipy", "matplotlib", "PIL", "safetensors"}
+    for path in (MODULE / "GraTaSegmenterLib").rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                tops = {a.name.split(".")[0] for a in node.names} if isinstance(node, ast.Import) \
+                    else {(node.module or "").split(".")[0]}
+                assert not tops & gui, f"{path.relative_to(ROOT)} imports {tops & gui}"
+    module = ast.parse((MODULE / "GraTaSegmenter.py").read_text())
+    for node in module.body:  # file scope only
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            tops = {a.name.split(".")[0] for a in node.names} if isinstance(node, ast.Import) \
+                else {(node.module or "").split(".")[0]}
+            assert not tops & heavy, f"GraTaSegmenter.py imports {tops & heavy} at file scope"
+    support = MODULE / "GraTaSegmenterLib" / "slicer_support"
+    for path in support.glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                tops = {a.name.split(".")[0] for a in node.names} if isinstance(node, ast.Import) \
+                    else {(node.module or "").split(".")[0]}
+                assert not tops & heavy, f"{path.name} imports {tops & heavy} at file scope"
+
+
+def test_the_panel_ui_has_the_widgets_the_module_uses():
+    source = (MODULE / "GraTaSegmenter.py").read_text()
+    ui = (MODULE / "Resources" / "UI" / "GraTaSegmenter.ui").read_text()
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    defined = set(re.findall(r'<widget class="\w+" name="(\w+)"', ui))
+    assert used <= defined, used - defined
+    assert '<widget class="qMRMLPlotWidget" name="plotWidget">' in ui
