@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test venv clean
+.PHONY: test demo venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(PY) -m GraTaSegmenterLib.cli demo -o grata-demo --overwrite
 
 clean:
 	rm -rf $(VENV) .pytest_cache
