@@ -170,8 +170,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodic-limit", type=int, default=10, help="images per target, episodic protocol")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; on a shared CPU, one process per core with 1 thread is fastest")
+    parser.add_argument("--skip-source", action="store_true", help="do not score the source data set")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="RESULTS_JSON",
+                        help="only combine the results.json of runs over different targets into --out")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge(args.merge, args.out)
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     started = time.time()
     model_path = args.model or default_model_path()
@@ -184,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     source_row = None
     source_csvs = [c for c in csv_names(args.data_root, args.source) if (args.data_root / c).exists()]
-    if source_csvs:
+    if source_csvs and not args.skip_source:
         images, masks, names = load_target(args.data_root, args.source, size, args.limit)
         source_row = evaluate_stream(model_path, "none", images, masks, names, target=args.source,
                                      **common).summary()
@@ -216,15 +226,32 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[{time.time() - started:6.0f} s] episodic {target:12s} {m:8s} "
                       + " ".join(f"{s}:{v['mean_dice']['mean']:.1f}" for s, v in by_steps.items()), flush=True)
 
-    table = markdown_tables(paper, episodic, source_row)
-    (args.out / "table.md").write_text(table + "\n", encoding="utf-8")
-    made = plots(paper, episodic, traces, args.out)
-    (args.out / "results.json").write_text(json.dumps({
-        "command": command, "model": str(model_path), "input_size": size, "seconds": time.time() - started,
-        "source": source_row, "paper": paper, "episodic": episodic, "raw": raw}, indent=1))
+    return write_outputs(args.out, {
+        "commands": [command], "model": str(model_path), "input_size": size, "seconds": time.time() - started,
+        "source": source_row, "paper": paper, "episodic": episodic, "raw": raw, "traces": traces})
+
+
+def write_outputs(out: Path, results: dict) -> int:
+    table = markdown_tables(results["paper"], results["episodic"], results["source"])
+    (out / "table.md").write_text(table + "\n", encoding="utf-8")
+    made = plots(results["paper"], results["episodic"], results["traces"], out)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
     print(table)
-    print("wrote", ", ".join(str(p) for p in [args.out / "table.md", args.out / "results.json", *made]))
+    print("wrote", ", ".join(str(p) for p in [out / "table.md", out / "results.json", *made]))
     return 0
+
+
+def merge(paths: list[Path], out: Path) -> int:
+    """Combine runs over disjoint targets (e.g. one process per core)."""
+    parts = [json.loads(Path(p).read_text()) for p in paths]
+    merged = {"commands": [c for p in parts for c in p["commands"]], "model": parts[0]["model"],
+              "input_size": parts[0]["input_size"], "seconds": max(p["seconds"] for p in parts),
+              "source": next((p["source"] for p in parts if p["source"]), None)}
+    for key in ("paper", "episodic", "raw"):
+        merged[key] = [row for p in parts for row in p[key]]
+    merged["traces"] = {t: r for p in parts for t, r in p["traces"].items()}
+    out.mkdir(parents=True, exist_ok=True)
+    return write_outputs(out, merged)
 
 
 if __name__ == "__main__":

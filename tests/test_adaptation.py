@@ -80,7 +80,7 @@ def test_grata_record_and_dynamic_lr():
     record = method.step(torch.rand(1, 3, 32, 32))
     assert record.step == 1 and record.applied and record.skipped is None
     assert -1.0 <= record.cosine <= 1.0
-    assert record.lr == pytest.approx(1e-4 * (record.cosine + 1) ** 2 / 4, rel=1e-12)
+    assert record.lr == pytest.approx(1e-4 * (record.cosine + 1) ** 2 / 4, rel=1e-6)  # float32, as the reference
     assert record.aux_loss > 0 and record.pseudo_loss > 0 and record.seconds > 0
 
 

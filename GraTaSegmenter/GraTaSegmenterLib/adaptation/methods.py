@@ -389,14 +389,17 @@ class GraTa(GradientMethod):
             if self.align:
                 torch._foreach_copy_(looked, saved)
             cosine, norms_finite = self._cosine(g_aux)
-            values = torch.stack([aux.detach(), pse.detach(), cosine,
+            # lr = base_lr (c+1)^2/4, evaluated in float32 on the device as the reference does,
+            # so that the very same number reaches the optimiser.
+            lr_t = self.base_lr * (0.25 * ((cosine + 1) ** 2)) if self.dynamic_lr else torch.zeros_like(cosine)
+            values = torch.stack([aux.detach(), pse.detach(), cosine, lr_t,
                                   _finite(aux.detach(), pse.detach(), cosine, norms_finite).float()]).tolist()
-        aux_v, pse_v, cos_v, ok = values
+        aux_v, pse_v, cos_v, lr_v, ok = values
         if ok < 1:
             self.optimizer.zero_grad(set_to_none=True)
             return self._record(cosine=cos_v, lr=0.0, aux_loss=aux_v, pseudo_loss=pse_v, loss=pse_v,
                                 skipped="non-finite loss, gradient or cosine")
-        lr = self.base_lr * (cos_v + 1.0) ** 2 / 4.0 if self.dynamic_lr else self.base_lr
+        lr = lr_v if self.dynamic_lr else self.base_lr
         self._apply(lr)
         return self._record(cosine=cos_v, lr=lr, aux_loss=aux_v, pseudo_loss=pse_v, loss=pse_v, applied=True)
 
@@ -416,9 +419,14 @@ class GraTa(GradientMethod):
         if not both_aux:
             raise ConfigurationError("the auxiliary and pseudo losses share no trained parameter; "
                                      "choose other losses")
-        inner = torch.stack([(a * b).sum() for a, b in zip(both_aux, both_pse)]).sum()
-        norm_pse = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(pse_all)))
-        norm_aux = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(both_aux)))
+        # Accumulated one parameter at a time, in module order, like the reference: a
+        # different summation order changes the last bits of the cosine, and Adam turns
+        # last-bit differences of near-zero gradients into full-size parameter differences.
+        inner = torch.zeros((), device=both_aux[0].device)
+        for a, b in zip(both_aux, both_pse):
+            inner = inner + (a * b).sum()
+        norm_pse = torch.stack([g.norm(p=2) for g in pse_all]).norm(p=2)
+        norm_aux = torch.stack([g.norm(p=2) for g in both_aux]).norm(p=2)
         cosine = inner / (norm_pse * norm_aux + COSINE_EPS)
         return cosine, torch.isfinite(norm_pse) & torch.isfinite(norm_aux)
 
