@@ -156,7 +156,7 @@ def plots(paper: list[dict], episodic: list[dict], records: dict, out: Path) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", type=Path, required=True)
+    parser.add_argument("--data-root", type=Path, help="data set root in the reference layout")
     parser.add_argument("--phantom-export", type=int, metavar="N",
                         help="export phantom centres A-E with N test images each where missing")
     parser.add_argument("--model", type=Path, default=None, help="source model (default: the bundled one)")
@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="images per target (default: all)")
     parser.add_argument("--episodic-limit", type=int, default=10, help="images per target, episodic protocol")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=1e-4,
+                        help="base learning rate of tent and grata (the paper's: 1e-4)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads; on a shared CPU, one process per core with 1 thread is fastest")
@@ -179,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.merge:
         return merge(args.merge, args.out)
+    if args.data_root is None:
+        parser.error("--data-root is required (unless --merge)")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -190,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         export_phantom(args.data_root, args.phantom_export)
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/fundus_benchmark.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    common = dict(seed=args.seed, device=args.device)
+    common = dict(seed=args.seed, device=args.device, lr=args.lr)
 
     source_row = None
     source_csvs = [c for c in csv_names(args.data_root, args.source) if (args.data_root / c).exists()]

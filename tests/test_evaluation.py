@@ -91,3 +91,7 @@ def test_benchmark_script_quick_run(tmp_path, fundus_model_file):
     assert "| grata |" in table and "episodic" in table
     for name in ("bars_per_target.png", "dice_vs_steps.png", "cosine_lr_traces.png"):
         assert (out / name).stat().st_size > 1000
+
+    merged = tmp_path / "merged"
+    assert fundus_benchmark.main(["--merge", str(out / "results.json"), "--out", str(merged)]) == 0
+    assert (merged / "table.md").read_text() == table
