@@ -271,7 +271,7 @@ class GradientMethod(Method):
                 p.copy_(s)
         self.optimizer = self._make_optimizer()
 
-    def _apply(self, lr: float) -> None:
+    def _apply(self, lr: float | torch.Tensor) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
@@ -400,7 +400,9 @@ class GraTa(GradientMethod):
             return self._record(cosine=cos_v, lr=0.0, aux_loss=aux_v, pseudo_loss=pse_v, loss=pse_v,
                                 skipped="non-finite loss, gradient or cosine")
         lr = lr_v if self.dynamic_lr else self.base_lr
-        self._apply(lr)
+        # The reference hands Adam the lr as a float32 tensor, so that Adam's step size is
+        # computed in float32; a host tensor does the same without a device synchronisation.
+        self._apply(torch.tensor(lr, dtype=torch.float32) if self.dynamic_lr else lr)
         return self._record(cosine=cos_v, lr=lr, aux_loss=aux_v, pseudo_loss=pse_v, loss=pse_v, applied=True)
 
     def _cosine(self, g_aux: list[torch.Tensor | None]) -> tuple[torch.Tensor, torch.Tensor]:
