@@ -222,3 +222,19 @@ def test_normalisation_refuses_constant_and_non_finite_images():
     with pytest.raises(InputError, match="NaN or infinite"):
         normalise_minmax(np.array([1.0, np.inf]))
     assert normalise_window(np.array([-2000.0, 40.0, 3000.0]), -100, 300) == pytest.approx([0.0, 0.35, 1.0])
+
+
+@pytest.mark.parametrize("aux", ["recon", "denoise", "supres", "rotate"])
+def test_auxiliary_head_losses_train_their_branch(aux):
+    net = ResUnet("resnet18", heads=(aux,))
+    method = GraTa(net, aux_loss=aux, pseudo_loss="ent", seed=0, memory_format="contiguous")
+    head_bn = [n for n in method.param_names if n.startswith(aux)]
+    before = {n: p.clone() for n, p in zip(method.param_names, method.params)}
+    record = method.step(torch.rand(2, 3, 64, 64))
+    assert record.applied and np.isfinite(record.cosine) and record.aux_loss > 0
+    changed = {n for n, p in zip(method.param_names, method.params) if not torch.equal(p, before[n])}
+    # the pseudo loss (entropy of the segmentation) gives the auxiliary branch no gradient,
+    # so, as in the reference, only segmentation-path parameters move
+    assert changed and not changed & set(head_bn)
+    if aux != "rotate":
+        assert head_bn  # the image branches have BatchNorm layers of their own
