@@ -29,6 +29,7 @@ CONFIGS = {
     "grata_bf16": "GraTa fast (bf16 autocast, sequential views)",
     "grata_bf16_batched": "GraTa fast (bf16 autocast, six views in one batched forward)",
     "grata_fp32_batched": "GraTa exact with batched views",
+    "grata_bf16_batched3": "GraTa fast (bf16, views in passes of three: the CUDA default)",
     "tent": "TENT (fp32, channels_last)",
     "inference": "plain inference (eval mode, fp32, contiguous)",
 }
@@ -75,7 +76,8 @@ def worker(config: str, size: int, steps: int, warmup: int, device: str, threads
         run = lambda: (method.step(x), method.predict(x))  # noqa: E731
     else:
         precision = "bf16" if "bf16" in config else "fp32"
-        method = GraTa(model, seed=0, precision=precision, batch_views=config.endswith("batched"))
+        views = 3 if config.endswith("batched3") else config.endswith("batched")
+        method = GraTa(model, seed=0, precision=precision, batch_views=views)
         run = lambda: (method.step(x), method.predict(x))  # noqa: E731
 
     def sync():

@@ -238,3 +238,12 @@ def test_auxiliary_head_losses_train_their_branch(aux):
     assert changed and not changed & set(head_bn)
     if aux != "rotate":
         assert head_bn  # the image branches have BatchNorm layers of their own
+
+
+def test_views_per_pass_choice():
+    net = _trained_model()
+    assert GraTa(copy.deepcopy(net)).loss_context.batch_views == 1  # CPU default: one view at a time
+    assert GraTa(copy.deepcopy(net), batch_views=True).loss_context.batch_views == 7
+    assert GraTa(copy.deepcopy(net), batch_views=2).loss_context.batch_views == 2
+    with pytest.raises(ConfigurationError, match="batch_views"):
+        GraTa(net, batch_views=0)

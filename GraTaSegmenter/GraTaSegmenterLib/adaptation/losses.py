@@ -34,7 +34,7 @@ class LossContext:
     spatial_dims: int
     generator: torch.Generator
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-    batch_views: bool = False
+    batch_views: int = 1  # consistency views per forward pass (1: one at a time)
     memory_format: torch.memory_format = torch.contiguous_format
     extra: dict = field(default_factory=dict)
 
@@ -68,12 +68,12 @@ def pseudo_label(ctx: LossContext, x: torch.Tensor) -> torch.Tensor:
     each mapped back; no gradient."""
     views = consistency_views(ctx.spatial_dims)
     transformed = [v.forward(x) for v in views]
-    square = all(t.shape == x.shape for t in transformed)
-    if ctx.batch_views and square:
-        with per_chunk_batch_statistics(ctx.model, len(views)):
-            logits = ctx.forward(torch.cat(transformed, 0)).chunk(len(views), 0)
-    else:
-        logits = [ctx.forward(t) for t in transformed]
+    per_pass = max(1, int(ctx.batch_views)) if all(t.shape == x.shape for t in transformed) else 1
+    logits = []
+    for start in range(0, len(views), per_pass):
+        chunk = transformed[start:start + per_pass]
+        with per_chunk_batch_statistics(ctx.model, len(chunk)):
+            logits.extend(ctx.forward(torch.cat(chunk, 0)).chunk(len(chunk), 0))
     probs = [ctx.activate(v.inverse(out)) for v, out in zip(views, logits)]
     return torch.stack(probs).mean(0)
 

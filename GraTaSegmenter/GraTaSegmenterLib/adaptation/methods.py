@@ -90,7 +90,7 @@ class Method:
     name = "method"
 
     def __init__(self, model: nn.Module, *, seed: int | None = None, precision: str = "fp32",
-                 memory_format: str = "auto", batch_views: bool | None = None):
+                 memory_format: str = "auto", batch_views: bool | int | None = None):
         if precision not in PRECISIONS:
             raise ConfigurationError(f"precision must be one of {PRECISIONS}, not {precision!r}")
         self.model = model
@@ -106,11 +106,25 @@ class Method:
         self.loss_context = LossContext(
             model=model, output=self.output, spatial_dims=self.spatial_dims, generator=self.generator,
             autocast=self._autocast,
-            batch_views=(self.device.type == "cuda") if batch_views is None else bool(batch_views),
+            batch_views=self._views_per_pass(batch_views),
             memory_format=self.memory_format,
         )
 
     # -- placement and precision -------------------------------------------------
+    def _views_per_pass(self, choice: bool | int | None) -> int:
+        """How many consistency views share one forward pass: ``False`` or 1 one at a
+        time, ``True`` all of them, an integer that many; ``None`` (auto) batches on
+        CUDA, where a larger batch fills the GPU, in passes of three views, which
+        keeps the peak memory near TENT's. On a CPU batching does not pay."""
+        if choice is None:
+            return 3 if self.device.type == "cuda" else 1
+        if isinstance(choice, bool):
+            return 7 if choice else 1
+        if not isinstance(choice, int) or choice < 1:
+            raise ConfigurationError(f"batch_views must be True, False or a positive number of views, "
+                                     f"not {choice!r}")
+        return choice
+
     def _memory_format(self, choice: str) -> torch.memory_format:
         if choice not in ("auto", "channels_last", "contiguous"):
             raise ConfigurationError("memory_format must be 'auto', 'channels_last' or 'contiguous'")
