@@ -247,3 +247,12 @@ def test_views_per_pass_choice():
     assert GraTa(copy.deepcopy(net), batch_views=2).loss_context.batch_views == 2
     with pytest.raises(ConfigurationError, match="batch_views"):
         GraTa(net, batch_views=0)
+
+
+def test_user_choices_match_the_engine():
+    from GraTaSegmenterLib import choices
+    from GraTaSegmenterLib.adaptation.losses import LOSSES
+    from GraTaSegmenterLib.adaptation.methods import METHODS
+
+    assert set(choices.LOSSES) == set(LOSSES)
+    assert set(choices.METHODS) == set(METHODS)

@@ -38,10 +38,7 @@ from .errors import ConfigurationError, InputError
 from .events import VERSION, EventSink, no_events
 from .preprocessing import check_finite
 
-METHOD_NAMES = ("grata", "tent", "bn", "none")
-GRADIENT_METHODS = ("grata", "tent")
-MODES = ("episodic", "continual")
-DEVICES = ("auto", "cuda", "mps", "cpu")
+from .choices import DEVICES, GRADIENT_METHODS, METHODS as METHOD_NAMES, MODES
 #: pixel budget of one batch: 16 slices of 512 x 512
 BATCH_PIXELS = 16 * 512 * 512
 MAX_BATCH = 64

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..choices import PRECISIONS
 from ..errors import ConfigurationError, InputError, OutOfMemory, OOM_ADVICE, is_out_of_memory
 from .losses import LossContext, entropy, get_loss
 from .norm import configure_for_adaptation, use_batch_statistics
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
-PRECISIONS = ("fp32", "bf16")
 COSINE_EPS = 1e-12
 
 

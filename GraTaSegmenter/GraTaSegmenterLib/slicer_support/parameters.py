@@ -16,11 +16,11 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-METHODS = ("grata", "tent", "bn", "none")
-MODES = ("episodic", "continual")
-DEVICES = ("auto", "cuda", "mps", "cpu")
-AUX_LOSSES = ("ent", "consis", "recon", "denoise", "supres", "rotate")
-PSEUDO_LOSSES = ("consis", "ent", "recon", "denoise", "supres", "rotate")
+from ..choices import DEVICES, LOSSES, METHODS, MODES
+
+# The same losses, each list led by its default for the panel's combo boxes.
+AUX_LOSSES = LOSSES
+PSEUDO_LOSSES = ("consis",) + tuple(name for name in LOSSES if name != "consis")
 MAX_STEPS = 1000
 MAX_SEED = 2**31 - 1
 
