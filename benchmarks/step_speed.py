@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = {"python": platform.python_version(), "torch": torch.__version__, "device": args.device,
                "threads": args.threads, "processor": platform.processor() or platform.machine(),
                "command": "python benchmarks/step_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])}
-    lines = [f"| size | configuration | s / step + prediction | vs baseline | vs TENT | peak MB | peak vs TENT |",
+    lines = ["| size | configuration | s / step + prediction | vs baseline | vs TENT | peak MB | peak vs TENT |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     for size in args.sizes:
         rows = {r["config"]: r for r in results if r["size"] == size}

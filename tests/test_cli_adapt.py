@@ -10,8 +10,7 @@ import SimpleITK as sitk
 
 from GraTaSegmenterLib import imageio
 from GraTaSegmenterLib.models.fundus import FUNDUS_CLASSES
-from test_cli_support import one_thread  # noqa: F401 - autouse fixture
-from test_cli_support import (OBLIQUE_2D, assert_same_geometry, checksum, fundus_like, parse_events,
+from test_cli_support import (OBLIQUE_2D, assert_same_geometry, checksum, fundus_like, parse_events, 
                               run_cli, set_geometry, tiny_2d_model, tiny_3d_model, volume, write_picture,
                               write_volume)
 

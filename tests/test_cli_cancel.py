@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 
-from test_cli_support import (SUBPROCESS_ENV, assert_no_leftovers, checksum, fundus_like, tiny_2d_model,
+from test_cli_support import (SUBPROCESS_ENV, assert_no_leftovers, checksum, fundus_like, tiny_2d_model, 
                               write_picture)
 from GraTaSegmenterLib.events import validate
 

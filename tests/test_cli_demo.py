@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from test_cli_support import one_thread  # noqa: F401 - autouse fixture
 from test_cli_support import fundus_like, run_cli, tiny_2d_model
 from GraTaSegmenterLib.demo import dice
 

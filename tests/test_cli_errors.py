@@ -13,8 +13,7 @@ import torch
 
 from GraTaSegmenterLib import imageio
 from GraTaSegmenterLib.adaptation.methods import GraTa
-from test_cli_support import one_thread  # noqa: F401 - autouse fixture
-from test_cli_support import (assert_no_leftovers, checksum, fundus_like, parse_events, run_cli, tiny_2d_model,
+from test_cli_support import (assert_no_leftovers, checksum, fundus_like, parse_events, run_cli, tiny_2d_model, 
                               write_picture, write_volume)
 
 

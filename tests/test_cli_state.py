@@ -8,7 +8,6 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from test_cli_support import one_thread  # noqa: F401 - autouse fixture
 from test_cli_support import fundus_like, parse_events, run_cli, tiny_2d_model, volume, write_picture, write_volume
 
 

@@ -16,7 +16,6 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 
@@ -29,17 +28,10 @@ from GraTaSegmenterLib.models.unet import UNet
 
 # On a few shared CPU cores, OpenMP threads spinning against other processes make
 # tiny networks ~100x slower (3 s instead of 20 ms per step). One thread is fastest
-# for these tiny models; test modules import this autouse fixture (it runs after
-# the conftest's, which sets 2 threads).
+# for these tiny models: the conftest sets it in this process, this environment in
+# the child processes the tests start.
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 OBLIQUE_3D = None  # filled below
 

@@ -13,7 +13,6 @@ from GraTaSegmenterLib.models import ModelCard, save_model
 from GraTaSegmenterLib.models.fundus import FUNDUS_CLASSES
 from GraTaSegmenterLib.models.unet import UNet
 from GraTaSegmenterLib.segment import Options, Segmenter, _Feeder, labels_from_masks, match_channels
-from test_cli_support import one_thread  # noqa: F401 - autouse fixture
 from test_cli_support import fundus_like, tiny_2d_model, volume, write_picture, write_volume
 
 

@@ -10,7 +10,7 @@ the reference's: ``ent``, ``consis``, ``recon``, ``denoise``, ``supres``,
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -36,7 +36,6 @@ class LossContext:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     batch_views: int = 1  # consistency views per forward pass (1: one at a time)
     memory_format: torch.memory_format = torch.contiguous_format
-    extra: dict = field(default_factory=dict)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.autocast():

@@ -15,10 +15,12 @@ parameters in place, as TENT and the GraTa reference code do.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
+import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -312,10 +314,6 @@ class GradientMethod(Method):
 
     def save_state(self, path) -> None:
         """Write :meth:`state_dict` to ``path`` atomically (loadable with weights_only)."""
-        import os
-        import tempfile
-        from pathlib import Path
-
         path = Path(path)
         fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
         os.close(fd)
@@ -475,7 +473,3 @@ def make_method(name: str, model: nn.Module, **options: Any) -> Method:
         extra = {}
     return cls(model, **common, **extra)
 
-
-def copy_model(model: nn.Module) -> nn.Module:
-    """A deep copy that keeps the model card (methods adapt models in place)."""
-    return copy.deepcopy(model)
