@@ -123,11 +123,16 @@ def plots(paper: list[dict], episodic: list[dict], records: dict, out: Path) -> 
         plt.close(fig)
     if episodic:
         fig, ax = plt.subplots(figsize=(6, 4))
-        for m in dict.fromkeys(r["method"] for r in episodic):
-            for r in (r for r in episodic if r["method"] == m):
-                steps = sorted(r["by_steps"], key=int)
-                ax.plot([int(s) for s in steps], [r["by_steps"][s]["mean_dice"]["mean"] for s in steps],
-                        marker="o", label=f"{m} {r['target']}")
+        # colour = target, marker and line = method, so that every curve can be told apart
+        targets = list(dict.fromkeys(r["target"] for r in episodic))
+        methods = list(dict.fromkeys(r["method"] for r in episodic))
+        markers, lines = "osD^v", ["-", "--", ":", "-."]
+        for r in episodic:
+            steps = sorted(r["by_steps"], key=int)
+            i, j = targets.index(r["target"]), methods.index(r["method"])
+            ax.plot([int(s) for s in steps], [r["by_steps"][s]["mean_dice"]["mean"] for s in steps],
+                    color=f"C{i % 10}", marker=markers[j % len(markers)], linestyle=lines[j % len(lines)],
+                    label=f"{r['method']} {r['target']}")
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xlabel("adaptation steps on the image")
         ax.set_ylabel("mean Dice (%)")
