@@ -198,3 +198,15 @@ def test_without_events_prints_result_folders(tmp_path, model2d):
                               "--device", "cpu"])
     assert code == 0, err
     assert out.strip() == str((tmp_path / "out" / "eye").absolute())
+
+
+def test_threads_option(tmp_path, model2d):
+    import torch
+
+    path = write_picture(tmp_path / "eye.png", fundus_like(seed=2))
+    torch.set_num_threads(2)
+    code, out, err = run_cli(["adapt", str(path), "-o", str(tmp_path / "out"), "--model", str(model2d),
+                              "--steps", "1", "--threads", "1"])
+    assert code == 0 and torch.get_num_threads() == 1
+    code, out, err = run_cli(["adapt", str(path), "-o", str(tmp_path / "out2"), "--threads", "0"])
+    assert code == 2 and "must be at least 1" in err

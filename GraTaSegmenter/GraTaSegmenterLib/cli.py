@@ -57,6 +57,7 @@ def _options(args: argparse.Namespace):
 
 
 def _cmd_adapt(args: argparse.Namespace, emit) -> int:
+    _use_threads(args)
     from .segment import Segmenter
 
     start = time.perf_counter()
@@ -71,6 +72,7 @@ def _cmd_adapt(args: argparse.Namespace, emit) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, emit) -> int:
+    _use_threads(args)
     from .demo import run_demo
 
     run_demo(output=args.output, samples=args.samples, model=args.model, steps=args.steps, device=args.device,
@@ -98,6 +100,7 @@ def _add_adapt(sub) -> None:
     p.add_argument("--device", default="auto", choices=DEVICES,
                    help="auto: cuda if available, else mps, else cpu")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_threads(p)
     p.add_argument("--precision", default="fp32", choices=PRECISIONS)
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="slices per batch for a 2D model on a volume (default: from the image size)")
@@ -111,6 +114,26 @@ def _add_adapt(sub) -> None:
     p.set_defaults(func=_cmd_adapt)
 
 
+def _add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="CPU threads for torch (default: one per core). On a machine shared with other busy "
+                        "programs, fewer threads can be much faster: idle threads spin against the others")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _use_threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the bundled model on the bundled samples, before and after adaptation")
     p.add_argument("-o", "--output", default="grata-demo", metavar="OUTDIR",
@@ -120,6 +143,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--steps", type=int, default=10, help="adaptation steps per sample (default 10)")
     p.add_argument("--device", default="auto", choices=DEVICES)
     p.add_argument("--seed", type=int, default=0)
+    _add_threads(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing results in OUTDIR")
     p.set_defaults(func=_cmd_demo, events=False)
 
