@@ -96,6 +96,15 @@ def markdown_tables(paper: list[dict], episodic: list[dict], source_row: dict | 
     return "\n".join(out)
 
 
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plots(paper: list[dict], episodic: list[dict], records: dict, out: Path) -> list[Path]:
     import matplotlib
 
@@ -117,10 +126,7 @@ def plots(paper: list[dict], episodic: list[dict], records: dict, out: Path) -> 
         ax.set_ylabel("mean Dice of disc and cup (%)")
         ax.set_title("Paper protocol: per-target Dice")
         ax.legend(ncol=4, fontsize=8)
-        fig.tight_layout()
-        made.append(out / "bars_per_target.png")
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        made.append(_save(fig, out / "bars_per_target.png"))
     if episodic:
         fig, ax = plt.subplots(figsize=(6, 4))
         # colour = target, marker and line = method, so that every curve can be told apart
@@ -138,10 +144,7 @@ def plots(paper: list[dict], episodic: list[dict], records: dict, out: Path) -> 
         ax.set_ylabel("mean Dice (%)")
         ax.set_title("Episodic protocol: Dice against steps")
         ax.legend(fontsize=6, ncol=3)
-        fig.tight_layout()
-        made.append(out / "dice_vs_steps.png")
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        made.append(_save(fig, out / "dice_vs_steps.png"))
     if records:
         fig, (a1, a2) = plt.subplots(2, 1, figsize=(8, 5), sharex=True)
         for target, recs in records.items():
@@ -152,10 +155,7 @@ def plots(paper: list[dict], episodic: list[dict], records: dict, out: Path) -> 
         a2.set_xlabel("image (one step each)")
         a1.set_title("GraTa, paper protocol: cosine similarity and learning rate per step")
         a1.legend(fontsize=7)
-        fig.tight_layout()
-        made.append(out / "cosine_lr_traces.png")
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        made.append(_save(fig, out / "cosine_lr_traces.png"))
     return made
 
 
