@@ -26,9 +26,9 @@ from slicer.util import VTKObservationMixin
 
 from GraTaSegmenterLib.slicer_support import catalog, dependencies, samples, terminology
 from GraTaSegmenterLib.slicer_support.events import format_seconds
-from GraTaSegmenterLib.slicer_support.parameters import (AUX_LOSSES, DEVICES, METHOD_DESCRIPTIONS, METHODS, MODES,
-                                                           PSEUDO_LOSSES, AdaptParameters, adapt_command,
-                                                           engine_environment)
+from GraTaSegmenterLib.slicer_support.parameters import (AUX_LOSSES, DEVICES, MAX_SEED, MAX_STEPS, METHOD_DESCRIPTIONS,
+                                                           METHODS, MODES, PSEUDO_LOSSES, AdaptParameters,
+                                                           adapt_command, engine_environment)
 from GraTaSegmenterLib.slicer_support.process import AdaptRun, RunState
 from GraTaSegmenterLib.slicer_support.workspace import ContinualState, RunWorkspace
 
@@ -78,22 +78,31 @@ def registerSampleData():
 #
 
 
+DEFAULTS = AdaptParameters()
+
+
 @parameterNodeWrapper
 class GraTaSegmenterParameterNode:
+    """The panel's state. ``outputSegmentation``/``uncertaintyVolume`` are what the
+    user chose to overwrite (None: a new node for every run, so that no earlier
+    result, corrected or not, is ever replaced unasked); ``resultSegmentation``
+    is the last run's result, for Show 3D and Edit in Segment Editor."""
+
     inputVolume: Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLVectorVolumeNode]  # RGB photos are vectors
     modelId: str = "fundus-phantom-a"
     modelPath: str = ""
-    method: Annotated[str, Choice(list(METHODS))] = "grata"
-    steps: Annotated[int, WithinRange(1, 1000)] = 10
-    learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = 1e-4
-    auxLoss: Annotated[str, Choice(list(AUX_LOSSES))] = "ent"
-    pseudoLoss: Annotated[str, Choice(list(PSEUDO_LOSSES))] = "consis"
-    mode: Annotated[str, Choice(list(MODES))] = "episodic"
-    device: Annotated[str, Choice(list(DEVICES))] = "auto"
-    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
-    uncertainty: bool = False
+    method: Annotated[str, Choice(list(METHODS))] = DEFAULTS.method
+    steps: Annotated[int, WithinRange(1, MAX_STEPS)] = DEFAULTS.steps
+    learningRate: Annotated[float, WithinRange(1e-6, 1.0)] = DEFAULTS.learning_rate
+    auxLoss: Annotated[str, Choice(list(AUX_LOSSES))] = DEFAULTS.aux_loss
+    pseudoLoss: Annotated[str, Choice(list(PSEUDO_LOSSES))] = DEFAULTS.pseudo_loss
+    mode: Annotated[str, Choice(list(MODES))] = DEFAULTS.mode
+    device: Annotated[str, Choice(list(DEVICES))] = DEFAULTS.device
+    seed: Annotated[int, WithinRange(0, MAX_SEED)] = DEFAULTS.seed
+    uncertainty: bool = DEFAULTS.uncertainty
     outputSegmentation: slicer.vtkMRMLSegmentationNode
     uncertaintyVolume: slicer.vtkMRMLScalarVolumeNode
+    resultSegmentation: slicer.vtkMRMLSegmentationNode
 
 
 def adaptParameters(p) -> AdaptParameters:
@@ -265,7 +274,7 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.inputsCollapsibleButton, self.ui.adaptationCollapsibleButton,
                        self.ui.outputsCollapsibleButton):
             widget.setEnabled(not running)
-        hasResult = p is not None and p.outputSegmentation is not None and not running
+        hasResult = p is not None and p.resultSegmentation is not None and not running
         self.ui.show3DButton.enabled = hasResult
         self.ui.editInSegmentEditorButton.enabled = hasResult
 
@@ -321,7 +330,7 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.updateGUIFromParameterNode()
 
     def onShow3D(self, show):
-        segmentation = self._parameterNode.outputSegmentation
+        segmentation = self._parameterNode.resultSegmentation
         if segmentation:
             if show:
                 segmentation.CreateClosedSurfaceRepresentation()
@@ -329,11 +338,13 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 segmentation.RemoveClosedSurfaceRepresentation()
 
     def onEditInSegmentEditor(self):
-        p = self._parameterNode
+        segmentation = self._parameterNode.resultSegmentation
+        # the volume the result was computed on (the input selector may have moved on since)
+        volume = segmentation.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole())
         slicer.util.selectModule("SegmentEditor")
         editor = slicer.util.getModuleWidget("SegmentEditor").editor
-        editor.setSegmentationNode(p.outputSegmentation)
-        editor.setSourceVolumeNode(p.inputVolume)
+        editor.setSegmentationNode(segmentation)
+        editor.setSourceVolumeNode(volume or self._parameterNode.inputVolume)
 
     def onOpenCache(self):
         os.makedirs(self.logic.cache.root, exist_ok=True)
@@ -367,6 +378,8 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
         self.cache = catalog.ModelCache(cacheRoot or os.path.join(slicer.app.cachePath, "GraTaSegmenter", "models"))
         self.pythonCommand = pythonCommand or pythonSlicerCommand()
         self.terms = terminology.load_terms(self.termFile())
+        # so that the Segment Editor's terminology selector knows the optic disc and cup codes
+        slicer.modules.terminologies.logic().LoadTerminologyFromFile(self.termFile())
         self.continual = ContinualState()
         self.run = None
         self.workspace = None
@@ -467,7 +480,12 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
             if not slicer.util.confirmOkCancelDisplay(_("PyTorch is not installed yet. Install it now with the "
                                                         "PyTorch extension? This can take several minutes.")):
                 raise RuntimeError(_("PyTorch is required."))
-            torchLogic.installTorch(askConfirmation=False)
+            if torchLogic.installTorch(askConfirmation=False,
+                                       torchVersionRequirement=dependencies.torch_requirement()) is None:
+                raise RuntimeError(_("PyTorch could not be installed; see the PyTorch Utils module."))
+        problem = dependencies.torch_version_problem()
+        if problem:
+            raise RuntimeError(problem)
         missing = dependencies.missing_packages()
         if not missing:
             return
@@ -531,6 +549,7 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
                 self.workspace = None
 
     def importResults(self, output, parameterNode):
+        """A new segmentation node, or the segments of the one the user chose replaced."""
         inputVolume = self.inputVolume
         loaded = slicer.util.loadSegmentation(output["segmentation"])
         target = parameterNode.outputSegmentation
@@ -544,11 +563,11 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
         self.applyTerminology(target)
         target.CreateDefaultDisplayNodes()
         self.placeBeside(target, inputVolume)
-        parameterNode.outputSegmentation = target
+        parameterNode.resultSegmentation = target
         if output.get("uncertainty"):
-            parameterNode.uncertaintyVolume = self.importVolume(output["uncertainty"], parameterNode.uncertaintyVolume,
-                                                                inputVolume.GetName() + " GraTa uncertainty")
-            self.placeBeside(parameterNode.uncertaintyVolume, inputVolume)
+            uncertainty = self.importVolume(output["uncertainty"], parameterNode.uncertaintyVolume,
+                                            inputVolume.GetName() + " GraTa uncertainty")
+            self.placeBeside(uncertainty, inputVolume)
         slicer.util.setSliceViewerLayers(background=inputVolume, fit=True)
 
     def applyTerminology(self, segmentationNode):
@@ -692,8 +711,9 @@ class GraTaSegmenterTest(ScriptedLoadableModuleTest):
         logic.start(volume, logic.resolveModel("fundus-phantom-a", ""), params)
         self.runToEnd(logic, p)
         self.assertIs(logic.run.state, RunState.Done, logic.run.failure)
-        segmentation = p.outputSegmentation
+        segmentation = p.resultSegmentation
         self.assertIsNotNone(segmentation)
+        self.assertIsNone(p.outputSegmentation)  # new node by default: a second run would not replace this one
         names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
                  for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
         self.assertEqual(sorted(names), ["Optic cup", "Optic disc"])
@@ -730,6 +750,6 @@ class GraTaSegmenterTest(ScriptedLoadableModuleTest):
         logic.finish(p)
         self.assertTrue(logic.run.cancelled)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
-        self.assertIsNone(p.outputSegmentation)
+        self.assertIsNone(p.resultSegmentation)
         self.assertFalse(os.path.exists(workspace))
         self.delayDisplay("Cancel passed")

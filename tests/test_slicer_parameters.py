@@ -17,6 +17,18 @@ def test_defaults_match_the_issue_and_are_valid():
     assert p.problems() == []
 
 
+def test_panel_command_line_and_pipeline_start_from_the_same_defaults():
+    from GraTaSegmenterLib.cli import build_parser
+    from GraTaSegmenterLib.segment import Options
+
+    args = build_parser().parse_args(["adapt", "image.png", "-o", "out"])
+    panel, pipeline = AdaptParameters(), Options()
+    for a, o, p in (("method", "method", "method"), ("steps", "steps", "steps"), ("lr", "lr", "learning_rate"),
+                    ("aux_loss", "aux_loss", "aux_loss"), ("pseudo_loss", "pseudo_loss", "pseudo_loss"),
+                    ("mode", "mode", "mode"), ("device", "device", "device"), ("seed", "seed", "seed")):
+        assert getattr(args, a) == getattr(pipeline, o) == getattr(panel, p), a
+
+
 @pytest.mark.parametrize("change, word", [
     ({"method": "sgd"}, "method"), ({"steps": 0}, "steps"), ({"steps": 2.5}, "steps"), ({"steps": True}, "steps"),
     ({"learning_rate": 0.0}, "learning rate"), ({"learning_rate": float("nan")}, "learning rate"),

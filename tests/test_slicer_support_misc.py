@@ -41,7 +41,26 @@ def test_sample_data_sources_use_file_urls_and_sha256_checksums(tmp_path):
     assert source["uris"] == [(tmp_path / "phantom_D_1.png").as_uri()]
     assert source["checksums"] == [f"SHA256:{digest}"] and source["fileNames"] == ["phantom_D_1.png"]
     assert source["nodeNames"] == ["phantom_D_1"] and source["sampleName"] == "Fundus phantom D #1"
-    assert source["loadFileType"] == "VolumeFile"
+    assert source["loadFileTypes"] == ["VolumeFile"] and source["loadFiles"] == [True]
+
+
+# Keyword parameters of SampleData.SampleDataLogic.registerCustomSampleDataSource, read from the
+# Slicer sources at tags v5.10.0 and v5.12.3 (Modules/Scripted/SampleData/SampleData.py); the same in both.
+REGISTER_CUSTOM_SAMPLE_KWARGS = {"category", "sampleName", "uris", "fileNames", "nodeNames", "customDownloader",
+                                 "thumbnailFileName", "loadFileTypes", "loadFiles", "loadFileProperties",
+                                 "checksums", "loadFileType"}
+
+
+def test_sample_data_sources_fit_slicers_register_call_with_the_label_verified_but_not_loaded(tmp_path):
+    image, label = _png(tmp_path / "phantom_C_1.png", b"c1"), _png(tmp_path / "phantom_C_1_label.png", b"l1")
+    manifest = tmp_path / "index.json"
+    manifest.write_text(json.dumps([{"file": "phantom_C_1.png", "sha256": image, "centre": "C",
+                                     "label": "phantom_C_1_label.png", "label_sha256": label}]))
+    (source,) = samples.sample_data_sources(samples.load_manifest(manifest), tmp_path, thumbnail="t.png")
+    assert set(source) <= REGISTER_CUSTOM_SAMPLE_KWARGS and "loadFileType" not in source  # deprecated there
+    lists = ("uris", "fileNames", "nodeNames", "checksums", "loadFiles", "loadFileTypes")
+    assert {len(source[k]) for k in lists} == {2}  # SampleDataSource refuses lists of unequal length
+    assert source["loadFiles"] == [True, False] and source["checksums"][1] == f"SHA256:{label}"
 
 
 def test_a_bad_manifest_lists_its_problems(tmp_path):

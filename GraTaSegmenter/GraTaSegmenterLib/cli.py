@@ -18,6 +18,7 @@ import time
 import traceback
 
 from . import __version__
+from . import choices
 from .choices import DEVICES, LOSSES, METHODS, MODES, PRECISIONS
 from .errors import GraTaError, OutOfMemory
 
@@ -88,20 +89,23 @@ def _add_adapt(sub) -> None:
                    help="2D image (PNG, JPEG, TIFF, BMP), volume (NRRD, NIfTI, MHA/MHD) or DICOM series folder")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results")
     p.add_argument("--model", help="model file (default: the bundled fundus model)")
-    p.add_argument("--method", default="grata", choices=METHODS,
-                   help="adaptation method (default grata; none = the source model as trained)")
-    p.add_argument("--steps", type=int, default=10, help="adaptation steps per input (default 10)")
-    p.add_argument("--lr", type=float, default=1e-4, help="base learning rate (default 1e-4)")
-    p.add_argument("--aux-loss", default="ent", choices=LOSSES, help="GraTa auxiliary loss (default ent)")
-    p.add_argument("--pseudo-loss", default="consis", choices=LOSSES, help="GraTa pseudo loss (default consis)")
-    p.add_argument("--mode", default="episodic", choices=MODES,
-                   help="episodic: every input starts from the source model (default); continual: the "
-                        "adapted model carries over from one input to the next, in the given order")
-    p.add_argument("--device", default="auto", choices=DEVICES,
+    p.add_argument("--method", default=choices.DEFAULT_METHOD, choices=METHODS,
+                   help="adaptation method (default %(default)s; none = the source model as trained)")
+    p.add_argument("--steps", type=int, default=choices.DEFAULT_STEPS,
+                   help="adaptation steps per input (default %(default)s)")
+    p.add_argument("--lr", type=float, default=choices.DEFAULT_LR, help="base learning rate (default %(default)g)")
+    p.add_argument("--aux-loss", default=choices.DEFAULT_AUX_LOSS, choices=LOSSES,
+                   help="GraTa auxiliary loss (default %(default)s)")
+    p.add_argument("--pseudo-loss", default=choices.DEFAULT_PSEUDO_LOSS, choices=LOSSES,
+                   help="GraTa pseudo loss (default %(default)s)")
+    p.add_argument("--mode", default=choices.DEFAULT_MODE, choices=MODES,
+                   help="episodic: every input starts from the source model; continual: the adapted model "
+                        "carries over from one input to the next, in the given order (default %(default)s)")
+    p.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=DEVICES,
                    help="auto: cuda if available, else mps, else cpu")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--seed", type=int, default=choices.DEFAULT_SEED, help="random seed (default %(default)s)")
     _add_threads(p)
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS)
+    p.add_argument("--precision", default=choices.DEFAULT_PRECISION, choices=PRECISIONS)
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="slices per batch for a 2D model on a volume (default: from the image size)")
     p.add_argument("--save-state", metavar="FILE", help="save the adapted state after the last input")
@@ -140,9 +144,10 @@ def _add_demo(sub) -> None:
                    help="folder for the results (default ./grata-demo)")
     p.add_argument("--samples", help="samples folder (default: the bundled samples)")
     p.add_argument("--model", help="model file (default: the bundled model)")
-    p.add_argument("--steps", type=int, default=10, help="adaptation steps per sample (default 10)")
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=choices.DEFAULT_STEPS,
+                   help="adaptation steps per sample (default %(default)s)")
+    p.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=DEVICES)
+    p.add_argument("--seed", type=int, default=choices.DEFAULT_SEED)
     _add_threads(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing results in OUTDIR")
     p.set_defaults(func=_cmd_demo, events=False)

@@ -38,6 +38,7 @@ from .errors import ConfigurationError, InputError
 from .events import VERSION, EventSink, no_events
 from .preprocessing import check_finite
 
+from . import choices
 from .choices import DEVICES, GRADIENT_METHODS, METHODS as METHOD_NAMES, MODES
 #: pixel budget of one batch: 16 slices of 512 x 512
 BATCH_PIXELS = 16 * 512 * 512
@@ -49,15 +50,15 @@ class Options:
     """The options of ``adapt`` (defaults as on the command line)."""
 
     model: str | None = None
-    method: str = "grata"
-    steps: int = 10
-    lr: float = 1e-4
-    aux_loss: str = "ent"
-    pseudo_loss: str = "consis"
-    mode: str = "episodic"
-    device: str = "auto"
-    seed: int = 0
-    precision: str = "fp32"
+    method: str = choices.DEFAULT_METHOD
+    steps: int = choices.DEFAULT_STEPS
+    lr: float = choices.DEFAULT_LR
+    aux_loss: str = choices.DEFAULT_AUX_LOSS
+    pseudo_loss: str = choices.DEFAULT_PSEUDO_LOSS
+    mode: str = choices.DEFAULT_MODE
+    device: str = choices.DEFAULT_DEVICE
+    seed: int = choices.DEFAULT_SEED
+    precision: str = choices.DEFAULT_PRECISION
     save_state: str | None = None
     load_state: str | None = None
     overwrite: bool = False

@@ -21,8 +21,36 @@ REQUIREMENTS = {
     "PIL": "pillow>=10",
     "matplotlib": "matplotlib>=3.7",
     "tqdm": "tqdm>=4.60",
+    "packaging": "packaging>=23",
 }
 PROTECTED = ("SimpleITK", "numpy", "torch")
+MINIMUM_TORCH = "2.4"  # the lower bound of torch in pyproject.toml (a test keeps the two equal)
+
+
+def torch_requirement() -> str:
+    """The version requirement handed to ``PyTorchUtilsLogic.installTorch``."""
+    return f">={MINIMUM_TORCH}"
+
+
+def torch_version_problem(version: Callable[[str], str] = importlib.metadata.version) -> str | None:
+    """What to do when the installed torch is older than the engine supports;
+    None when it is recent enough or not installed at all (then it is installed
+    with :func:`torch_requirement`). Reads the package metadata: torch is not imported."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        installed = version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    try:
+        too_old = Version(installed) < Version(MINIMUM_TORCH)
+    except InvalidVersion:
+        return None  # a local build with an unusual version string: let the engine try it
+    if not too_old:
+        return None
+    return (f"PyTorch {installed} is too old for GraTaSegmenter, which needs {torch_requirement()}. In the "
+            f"'PyTorch Utils' module, uninstall PyTorch and install it again with the version requirement "
+            f"'{torch_requirement()}', then restart Slicer.")
 
 
 def missing_packages(find_spec: Callable[[str], object] = importlib.util.find_spec) -> list[str]:
@@ -41,9 +69,11 @@ def constraints_text(version: Callable[[str], str] = importlib.metadata.version)
     return "\n".join(lines) + "\n"
 
 
-def pip_arguments(missing: list[str], constraints_file: str | Path) -> str:
-    """The argument string for ``slicer.util.pip_install``."""
-    return " ".join([f'-c "{constraints_file}"', *(f'"{req}"' for req in missing)])
+def pip_arguments(missing: list[str], constraints_file: str | Path) -> list[str]:
+    """The arguments for ``slicer.util.pip_install``. A list, not one string:
+    Slicer passes list items to pip as they are, while a string is split with
+    ``shlex``, which would eat the backslashes of a Windows path."""
+    return ["-c", str(constraints_file), *missing]
 
 
 def confirmation_text(missing: list[str]) -> str:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from .. import choices
 from ..choices import DEVICES, LOSSES, METHODS, MODES
 
 # The same losses, each list led by its default for the panel's combo boxes.
@@ -38,14 +39,14 @@ class ParameterError(ValueError):
 
 @dataclass(frozen=True)
 class AdaptParameters:
-    method: str = "grata"
-    steps: int = 10
-    learning_rate: float = 1e-4
-    aux_loss: str = "ent"
-    pseudo_loss: str = "consis"
-    mode: str = "episodic"
-    device: str = "auto"
-    seed: int = 0
+    method: str = choices.DEFAULT_METHOD
+    steps: int = choices.DEFAULT_STEPS
+    learning_rate: float = choices.DEFAULT_LR
+    aux_loss: str = choices.DEFAULT_AUX_LOSS
+    pseudo_loss: str = choices.DEFAULT_PSEUDO_LOSS
+    mode: str = choices.DEFAULT_MODE
+    device: str = choices.DEFAULT_DEVICE
+    seed: int = choices.DEFAULT_SEED
     uncertainty: bool = False
 
     def problems(self) -> list[str]:

@@ -142,7 +142,7 @@ def sample_data_sources(samples: list[Sample], folder: str | os.PathLike,
             load_files.append(False)  # downloaded and verified; the module test loads it as a labelmap
         sources.append({"category": CATEGORY, "sampleName": s.name, "uris": uris, "fileNames": files,
                         "nodeNames": nodes, "checksums": checksums, "loadFiles": load_files,
-                        "loadFileType": "VolumeFile", "thumbnailFileName": thumbnail})
+                        "loadFileTypes": ["VolumeFile"] * len(uris), "thumbnailFileName": thumbnail})
     return sources
 
 
