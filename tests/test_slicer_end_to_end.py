@@ -83,11 +83,36 @@ def test_a_run_streams_steps_and_writes_a_segmentation(model_file, tmp_path):
     assert not ws.root.exists()
 
 
-def test_cancel_mid_run_leaves_no_process_and_no_output(model_file, tmp_path):
+def launcher(tmp_path: Path) -> list[str]:
+    """Like Slicer's PythonSlicer: a launcher that starts the interpreter as its
+    child (no exec) and waits for it, so the tree has two processes."""
+    script = tmp_path / "PythonSlicer"
+    script.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\nexit $?\n')
+    script.chmod(0o755)
+    return [str(script)]
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (Linux /proc)."""
+    members = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2:].split()
+        if fields[2] == str(pgid) and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+@pytest.mark.parametrize("through_launcher", [False, True], ids=["interpreter", "launcher"])
+def test_cancel_mid_run_leaves_no_process_and_no_output(model_file, tmp_path, through_launcher):
     ws = RunWorkspace(tmp_path)
     write_input(ws.input_path, size=64)
     params = AdaptParameters(steps=1000, device="cpu", seed=0)
-    run = AdaptRun(adapt_command([sys.executable], ws.input_path, ws.output_dir, model_file, params),
+    python = launcher(tmp_path) if through_launcher else [sys.executable]
+    run = AdaptRun(adapt_command(python, ws.input_path, ws.output_dir, model_file, params),
                    env=engine_environment(os.environ, MODULE_DIR))
     run.start()
     end = time.monotonic() + 300
@@ -95,6 +120,8 @@ def test_cancel_mid_run_leaves_no_process_and_no_output(model_file, tmp_path):
         run.poll()
         time.sleep(0.02)
     assert run.state is RunState.Running, run.failure
+    if os.path.isdir("/proc/self"):
+        assert len(group_members(run.pid)) == (2 if through_launcher else 1)
     t0 = time.monotonic()
     run.cancel()
     assert run.wait(5) is RunState.Failed and run.cancelled

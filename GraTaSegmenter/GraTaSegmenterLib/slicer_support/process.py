@@ -11,7 +11,11 @@ Why ``subprocess.Popen`` polled from a timer, and not ``qt.QProcess``:
   signals the group (``os.killpg``): SIGTERM first, so that the command line
   removes its temporary outputs and exits with 130, then SIGKILL for whatever
   is left after a grace period. On Windows it is started with
-  ``CREATE_NEW_PROCESS_GROUP`` and the tree is ended with ``taskkill /T /F``.
+  ``CREATE_NEW_PROCESS_GROUP`` and the tree is ended at once with
+  ``taskkill /T /F``: Windows finds the descendants through their parent, so
+  the tree must be ended while the launcher is still alive (a gentle signal
+  first could let the launcher exit and orphan the interpreter). Nothing is
+  lost: the module removes the run's whole temporary folder afterwards.
   ``QProcess`` offers neither a new session nor a tree kill without a wrapper.
 * Pipes are read by two daemon threads into a queue; :meth:`AdaptRun.poll`
   (called by a ``qt.QTimer`` in the GUI thread) drains the queue, so no Qt or
@@ -259,10 +263,7 @@ class AdaptRun:
         if proc is None:
             return
         if os.name == "nt":
-            try:
-                proc.send_signal(signal.CTRL_BREAK_EVENT)
-            except (OSError, ValueError):
-                pass
+            self._kill_tree()  # see the module docstring: no gentle first step on Windows
         else:
             _signal_group(proc.pid, signal.SIGTERM)
 
@@ -271,7 +272,8 @@ class AdaptRun:
         if proc is None:
             return
         if os.name == "nt":
-            subprocess.run(["taskkill", "/PID", str(proc.pid), "/T", "/F"], capture_output=True, check=False)
+            subprocess.run(["taskkill", "/PID", str(proc.pid), "/T", "/F"], capture_output=True, check=False,
+                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
         else:
             _signal_group(proc.pid, signal.SIGKILL)
         try:
