@@ -112,3 +112,23 @@ def test_the_panel_ui_has_the_widgets_the_module_uses():
     defined = set(re.findall(r'<widget class="\w+" name="(\w+)"', ui))
     assert used <= defined, used - defined
     assert '<widget class="qMRMLPlotWidget" name="plotWidget">' in ui
+
+
+def test_every_control_the_readme_tutorial_names_exists():
+    readme = (ROOT / "README.md").read_text()
+    tutorial = readme[readme.index("### Tutorial"):readme.index("## Citation")]
+    ui = (MODULE / "Resources" / "UI" / "GraTaSegmenter.ui").read_text().replace("&amp;&amp;", "&")
+    texts = set(re.findall(r"<string>([^<]+)</string>", ui))
+    texts |= {t.rstrip(":") for t in texts}
+    texts |= {e["name"] for e in json.loads((MODULE / "Resources" / "Models" / "catalog.json").read_text())["models"]}
+    from GraTaSegmenterLib.slicer_support.samples import CATEGORY
+    # the extension, the module title, the sample category, the running button's text
+    texts |= {"GraTaSegmenter", "GraTa Segmenter", CATEGORY, "Cancel"}
+    slicer_modules = {"Sample Data", "Data", "Segment Editor", "Extensions Manager"}
+    emphasised = re.findall(r"\*\*([^*]+)\*\*", tutorial) + re.findall(r"(?<!\*)\*([^*]+)\*(?!\*)", tutorial)
+    named = {" ".join(n.split()) for n in emphasised}
+    named = {n for n in named if n not in slicer_modules and not n.startswith(("Segmentation ›", "Optic"))}
+    assert len(named) > 10, named
+    assert named <= texts, sorted(named - texts)
+    module = (MODULE / "GraTaSegmenter.py").read_text()
+    assert '_("GraTa Segmenter")' in module and '_("Cancel")' in module
