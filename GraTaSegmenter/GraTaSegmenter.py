@@ -717,11 +717,13 @@ class GraTaSegmenterTest(ScriptedLoadableModuleTest):
         names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
                  for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
         self.assertEqual(sorted(names), ["Optic cup", "Optic disc"])
-        reference = slicer.util.arrayFromVolume(label) > 0
+        from GraTaSegmenterLib.fundus_layout import decode_mask
+
+        reference = decode_mask(slicer.util.arrayFromVolume(label)[0])[0] > 0  # the disc (cup included): mask < 255
         discId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Optic disc")
         cupId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("Optic cup")
-        disc = (slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, discId, volume) > 0)
-        disc |= slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, cupId, volume) > 0
+        disc = (slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, discId, volume)[0] > 0)
+        disc |= slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, cupId, volume)[0] > 0
         dice = 2.0 * np.logical_and(disc, reference).sum() / max(1, disc.sum() + reference.sum())
         self.assertGreater(dice, self.DICE_THRESHOLD)
         self.assertEqual(logic.plotPointCount(), 3)

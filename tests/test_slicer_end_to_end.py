@@ -6,6 +6,7 @@ mid-run leaving no process and no output."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import SimpleITK as sitk
 
 from GraTaSegmenterLib.slicer_support.parameters import AdaptParameters, adapt_command, engine_environment
 from GraTaSegmenterLib.slicer_support.process import AdaptRun, RunState
+from GraTaSegmenterLib.slicer_support.terminology import display_name, load_terms, match_term
 from GraTaSegmenterLib.slicer_support.workspace import RunWorkspace
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "GraTaSegmenter"
@@ -79,6 +81,16 @@ def test_a_run_streams_steps_and_writes_a_segmentation(model_file, tmp_path):
     assert seg.is_file() and seg.name.endswith(".seg.nrrd") and ws.output_dir in seg.parents
     image = sitk.ReadImage(str(seg))
     assert image.GetSize()[:2] == (32, 32)
+    # what the module's applyTerminology makes of the segments Slicer reads from this file
+    terms = load_terms(MODULE_DIR / "Resources" / "Terminology" /
+                       "SegmentationCategoryTypeModifier-GraTaSegmenter.term.json")
+    count = sum(1 for k in image.GetMetaDataKeys() if re.fullmatch(r"Segment\d+_ID", k))
+    named = {}
+    for i in range(count):
+        term = match_term(terms, image.GetMetaData(f"Segment{i}_Name"),
+                          int(image.GetMetaData(f"Segment{i}_LabelValue")))
+        named[display_name(term.name)] = term.type.value
+    assert named == {"Optic disc": "81016008", "Optic cup": "OPTIC_DISC_CUP"}
     ws.cleanup()
     assert not ws.root.exists()
 
