@@ -493,7 +493,7 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
             raise RuntimeError(_("The required Python packages are not installed."))
         with tempfile.TemporaryDirectory() as folder:
             constraints = os.path.join(folder, "constraints.txt")
-            with open(constraints, "w") as f:
+            with open(constraints, "w", encoding="utf-8") as f:
                 f.write(dependencies.constraints_text())
             slicer.util.pip_install(dependencies.pip_arguments(missing, constraints))
 

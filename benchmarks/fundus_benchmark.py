@@ -244,7 +244,7 @@ def write_outputs(out: Path, results: dict) -> int:
     table = markdown_tables(results["paper"], results["episodic"], results["source"])
     (out / "table.md").write_text(table + "\n", encoding="utf-8")
     made = plots(results["paper"], results["episodic"], results["traces"], out)
-    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     print(table)
     print("wrote", ", ".join(str(p) for p in [out / "table.md", out / "results.json", *made]))
     return 0
@@ -252,7 +252,7 @@ def write_outputs(out: Path, results: dict) -> int:
 
 def merge(paths: list[Path], out: Path) -> int:
     """Combine runs over disjoint targets (e.g. one process per core)."""
-    parts = [json.loads(Path(p).read_text()) for p in paths]
+    parts = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
     merged = {"commands": [c for p in parts for c in p["commands"]], "model": parts[0]["model"],
               "input_size": parts[0]["input_size"], "seconds": max(p["seconds"] for p in parts),
               "source": next((p["source"] for p in parts if p["source"]), None)}

@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=1), encoding="utf-8")
     if args.markdown:
-        args.markdown.write_text(table + "\n")
+        args.markdown.write_text(table + "\n", encoding="utf-8")
     return 0
 
 

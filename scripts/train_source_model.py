@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_model(net, card, args.out)
     digest = file_sha256(args.out)
-    args.out.with_suffix(".sha256").write_text(f"{digest}  {args.out.name}\n")
+    args.out.with_suffix(".sha256").write_text(f"{digest}  {args.out.name}\n", encoding="utf-8")
     print(json.dumps({"model": str(args.out), "sha256": digest, "bytes": args.out.stat().st_size,
                       "held_out_dice": held_out}), flush=True)
     return 0

@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_checksums_agree_everywhere():
     path = default_model_path()
     digest = file_sha256(path)
-    assert path.with_suffix(".sha256").read_text().split()[0] == digest
-    catalog = json.loads((ROOT / "GraTaSegmenter/Resources/Models/catalog.json").read_text())
+    assert path.with_suffix(".sha256").read_text(encoding="utf-8").split()[0] == digest
+    catalog = json.loads((ROOT / "GraTaSegmenter/Resources/Models/catalog.json").read_text(encoding="utf-8"))
     bundled = next(m for m in catalog["models"] if m["kind"] == "bundled")
     assert bundled["sha256"] == digest and bundled["file"] == path.name
     assert path.stat().st_size < 30 * 2**20

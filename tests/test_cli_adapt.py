@@ -186,7 +186,7 @@ def test_steps_file_and_events_agree(tmp_path, model2d):
     assert code == 0, err
     events = parse_events(out)
     steps = [e for e in events if e["event"] == "step"]
-    records = [json.loads(line) for line in (tmp_path / "out" / "eye" / "steps.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "out" / "eye" / "steps.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["step"] for r in records] == [1, 2] == [s["step"] for s in steps]
     assert records[0]["lr"] == pytest.approx(1e-4) and records[0]["cosine"] is None
     assert events[0]["total_steps"] == 2 and events[0]["method"] == "tent"

@@ -34,7 +34,7 @@ def test_demo(tmp_path):
                               "--steps", "1", "--device", "cpu"])
     assert code == 0, err
     assert "mean Dice of disc and cup" in out and "B " in out and "C " in out
-    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text(encoding="utf-8"))
     assert summary["samples"] == 4 and set(summary["centres"]) == {"B", "C"}
     assert (tmp_path / "demo" / "summary.png").is_file()
     assert {p.name for p in (tmp_path / "demo" / "grata").iterdir()} == {"phantom_B_0", "phantom_B_1",

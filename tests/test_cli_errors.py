@@ -87,7 +87,7 @@ def test_existing_output_refused(tmp_path, model2d):
     (tmp_path / "out" / "eye").mkdir(parents=True)
     (tmp_path / "out" / "eye" / "mine.txt").write_text("keep me")
     _fails([path], tmp_path / "out", model2d, kind="OutputExists", contains="--overwrite")
-    assert (tmp_path / "out" / "eye" / "mine.txt").read_text() == "keep me"
+    assert (tmp_path / "out" / "eye" / "mine.txt").read_text(encoding="utf-8") == "keep me"
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["eye"]
 
 

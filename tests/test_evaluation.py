@@ -83,15 +83,15 @@ def test_benchmark_script_quick_run(tmp_path, fundus_model_file):
         "--data-root", str(root), "--model", str(fundus_model_file), "--targets", "Phantom_B",
         "--methods", "none", "grata", "--episodic-methods", "grata", "--episodic-steps", "1", "2",
         "--episodic-limit", "1", "--out", str(out)]) == 0
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert [r["method"] for r in results["paper"]] == ["none", "grata"]
     assert results["source"]["mean_dice"]["n"] == 2
     assert set(results["episodic"][0]["by_steps"]) == {"1", "2"}
-    table = (out / "table.md").read_text()
+    table = (out / "table.md").read_text(encoding="utf-8")
     assert "| grata |" in table and "episodic" in table
     for name in ("bars_per_target.png", "dice_vs_steps.png", "cosine_lr_traces.png"):
         assert (out / name).stat().st_size > 1000
 
     merged = tmp_path / "merged"
     assert fundus_benchmark.main(["--merge", str(out / "results.json"), "--out", str(merged)]) == 0
-    assert (merged / "table.md").read_text() == table
+    assert (merged / "table.md").read_text(encoding="utf-8") == table

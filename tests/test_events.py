@@ -15,7 +15,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "events.md"
 
 
 def test_every_example_in_the_docs_validates():
-    text = DOC.read_text()
+    text = DOC.read_text(encoding="utf-8")
     examples = [json.loads(line) for line in re.findall(r"^(\{\"event\".*\})$", text, flags=re.M)]
     assert {e["event"] for e in examples} == set(SCHEMA)
     for e in examples:
@@ -23,7 +23,7 @@ def test_every_example_in_the_docs_validates():
 
 
 def test_documented_fields_match_the_schema():
-    text = DOC.read_text()
+    text = DOC.read_text(encoding="utf-8")
     for event, fields in SCHEMA.items():
         for name in fields:
             assert f"`{name}`" in text, (event, name)

@@ -14,7 +14,7 @@ def test_commit_moves_the_complete_folder_into_place(tmp_path):
         folder.path("a.txt").write_text("a")
         assert not (tmp_path / "eye").exists()
         final = folder.commit()
-    assert final == tmp_path / "eye" and (final / "a.txt").read_text() == "a"
+    assert final == tmp_path / "eye" and (final / "a.txt").read_text(encoding="utf-8") == "a"
     assert [p.name for p in tmp_path.iterdir()] == ["eye"]
 
 

@@ -39,7 +39,7 @@ def test_pip_arguments_keep_a_windows_path_whole():
 
 
 def test_requirements_mirror_pyproject_and_the_torch_minimum_matches():
-    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     declared = {re.split(r"[<>=!~ ]", req, maxsplit=1)[0].lower(): req for req in project["dependencies"]}
     assert declared.pop("torch") == f"torch>={deps.MINIMUM_TORCH},<3"
     for name in ("numpy", "simpleitk"):

@@ -109,7 +109,7 @@ def group_members(pgid: int) -> list[int]:
     members = []
     for entry in filter(str.isdigit, os.listdir("/proc")):
         try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
+            stat = Path(f"/proc/{entry}/stat").read_text(encoding="utf-8")
         except OSError:
             continue
         fields = stat[stat.rfind(")") + 2:].split()

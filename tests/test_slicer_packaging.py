@@ -31,21 +31,21 @@ def test_every_slicer_name_the_module_uses_exists():
 
 @pytest.mark.skipif(not SCHEMA.is_file(), reason="../shared (Slicer's catalog schemas) is not present next to the repo")
 def test_the_catalog_entry_is_valid_against_slicers_schema():
-    entry = json.loads((ROOT / "GraTaSegmenter.json").read_text())
-    schema = json.loads(SCHEMA.read_text())
+    entry = json.loads((ROOT / "GraTaSegmenter.json").read_text(encoding="utf-8"))
+    schema = json.loads(SCHEMA.read_text(encoding="utf-8"))
     assert validate(entry, schema) == []
     assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.1.json#")
     assert entry["category"] == "Segmentation" and "PyTorch" in entry["build_dependencies"]
 
 
 def test_the_extension_declares_what_the_slicer_catalog_needs():
-    cmake = (ROOT / "CMakeLists.txt").read_text()
+    cmake = (ROOT / "CMakeLists.txt").read_text(encoding="utf-8")
     assert re.search(r"project\(GraTaSegmenter\)", cmake)
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
         assert f"set(EXTENSION_{key} " in cmake
     assert 'set(EXTENSION_CATEGORY "Segmentation")' in cmake and "set(EXTENSION_DEPENDS PyTorch)" in cmake
     assert "add_subdirectory(GraTaSegmenter)" in cmake
-    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert (ROOT / "LICENSE").read_text(encoding="utf-8").startswith("MIT License")
     from PIL import Image
 
     with Image.open(ROOT / "GraTaSegmenter.png") as icon:
@@ -62,7 +62,7 @@ def _module_files() -> list[str]:
 
 
 def _cmake_names_and_globs() -> tuple[set[str], list[str]]:
-    text = (MODULE / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", "GraTaSegmenter")
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8").replace("${MODULE_NAME}", "GraTaSegmenter")
     text = re.sub(r"#.*", "", text)
     names = set(re.findall(r"^\s+([\w./-]+\.\w+)\s*$", text, flags=re.M))
     globs = re.findall(r"(GraTaSegmenterLib/[\w/]+/\*\.\w+)", text)
@@ -76,7 +76,7 @@ def test_the_module_cmake_names_every_file_of_the_module_folder():
     assert not missing, "add to GraTaSegmenter/CMakeLists.txt: " + ", ".join(missing)
     stale = [n for n in names if not (MODULE / n).is_file()]
     assert not stale, "listed in GraTaSegmenter/CMakeLists.txt but missing: " + ", ".join(stale)
-    cmake = (MODULE / "CMakeLists.txt").read_text()
+    cmake = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "WITH_GENERIC_TESTS" in cmake and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cmake
 
 
@@ -84,13 +84,13 @@ def test_only_the_module_file_imports_slicer_and_nothing_heavy_at_file_scope():
     gui = {"slicer", "qt", "vtk", "ctk", "SampleData", "PyTorchUtils"}
     heavy = {"torch", "numpy", "SimpleITK", "monai", "scipy", "matplotlib", "PIL", "safetensors"}
     for path in (MODULE / "GraTaSegmenterLib").rglob("*.py"):
-        tree = ast.parse(path.read_text())
+        tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 tops = {a.name.split(".")[0] for a in node.names} if isinstance(node, ast.Import) \
                     else {(node.module or "").split(".")[0]}
                 assert not tops & gui, f"{path.relative_to(ROOT)} imports {tops & gui}"
-    module = ast.parse((MODULE / "GraTaSegmenter.py").read_text())
+    module = ast.parse((MODULE / "GraTaSegmenter.py").read_text(encoding="utf-8"))
     for node in module.body:  # file scope only
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             tops = {a.name.split(".")[0] for a in node.names} if isinstance(node, ast.Import) \
@@ -98,7 +98,7 @@ def test_only_the_module_file_imports_slicer_and_nothing_heavy_at_file_scope():
             assert not tops & heavy, f"GraTaSegmenter.py imports {tops & heavy} at file scope"
     support = MODULE / "GraTaSegmenterLib" / "slicer_support"
     for path in support.glob("*.py"):
-        for node in ast.parse(path.read_text()).body:
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 tops = {a.name.split(".")[0] for a in node.names} if isinstance(node, ast.Import) \
                     else {(node.module or "").split(".")[0]}
@@ -106,8 +106,8 @@ def test_only_the_module_file_imports_slicer_and_nothing_heavy_at_file_scope():
 
 
 def test_the_panel_ui_has_the_widgets_the_module_uses():
-    source = (MODULE / "GraTaSegmenter.py").read_text()
-    ui = (MODULE / "Resources" / "UI" / "GraTaSegmenter.ui").read_text()
+    source = (MODULE / "GraTaSegmenter.py").read_text(encoding="utf-8")
+    ui = (MODULE / "Resources" / "UI" / "GraTaSegmenter.ui").read_text(encoding="utf-8")
     used = set(re.findall(r"self\.ui\.(\w+)", source))
     defined = set(re.findall(r'<widget class="\w+" name="(\w+)"', ui))
     assert used <= defined, used - defined
@@ -115,12 +115,12 @@ def test_the_panel_ui_has_the_widgets_the_module_uses():
 
 
 def test_every_control_the_readme_tutorial_names_exists():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     tutorial = readme[readme.index("### Tutorial"):readme.index("## Citation")]
-    ui = (MODULE / "Resources" / "UI" / "GraTaSegmenter.ui").read_text().replace("&amp;&amp;", "&")
+    ui = (MODULE / "Resources" / "UI" / "GraTaSegmenter.ui").read_text(encoding="utf-8").replace("&amp;&amp;", "&")
     texts = set(re.findall(r"<string>([^<]+)</string>", ui))
     texts |= {t.rstrip(":") for t in texts}
-    texts |= {e["name"] for e in json.loads((MODULE / "Resources" / "Models" / "catalog.json").read_text())["models"]}
+    texts |= {e["name"] for e in json.loads((MODULE / "Resources" / "Models" / "catalog.json").read_text(encoding="utf-8"))["models"]}
     from GraTaSegmenterLib.slicer_support.samples import CATEGORY
     # the extension, the module title, the sample category, the running button's text
     texts |= {"GraTaSegmenter", "GraTa Segmenter", CATEGORY, "Cancel"}
@@ -130,5 +130,5 @@ def test_every_control_the_readme_tutorial_names_exists():
     named = {n for n in named if n not in slicer_modules and not n.startswith(("Segmentation ›", "Optic"))}
     assert len(named) > 10, named
     assert named <= texts, sorted(named - texts)
-    module = (MODULE / "GraTaSegmenter.py").read_text()
+    module = (MODULE / "GraTaSegmenter.py").read_text(encoding="utf-8")
     assert '_("GraTa Segmenter")' in module and '_("Cancel")' in module

@@ -114,7 +114,7 @@ def test_cancel_ends_the_whole_tree_within_two_seconds(engine, tmp_path):
         run.poll()
         time.sleep(0.02)
     assert run.state is RunState.Running and run.progress.global_step == 1
-    grandchild = int((tmp_path / "pid").read_text())
+    grandchild = int((tmp_path / "pid").read_text(encoding="utf-8"))
     t0 = time.monotonic()
     run.cancel()
     assert run.state is RunState.Cancelling

@@ -154,6 +154,6 @@ def run_demo(output: str | os.PathLike = "grata-demo", samples: str | None = Non
     print(f"mean Dice of disc and cup (%): {before:.1f} before, {after:.1f} after adaptation", file=out)
     with disk_errors(outdir):
         _summary_picture(outdir / "summary.png", rows, colors)
-        (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(f"results: {outdir} (summary.png, none/, grata/)", file=out)
     return summary

@@ -408,7 +408,7 @@ def main(argv=None) -> int:
             print_report(res)
         results["backbones"].append(res)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=lambda o: None if o is None else str(o)))
+        args.json.write_text(json.dumps(results, indent=2, default=lambda o: None if o is None else str(o)), encoding="utf-8")
         print(f"\nwrote {args.json}")
     verdicts = [r["pass"] for r in results["backbones"] if r["pass"] is not None]
     return 0 if verdicts and all(verdicts) else 1
