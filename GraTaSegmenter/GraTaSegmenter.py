@@ -24,7 +24,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-from GraTaSegmenterLib.slicer_support import catalog, dependencies, samples, terminology
+from GraTaSegmenterLib.slicer_support import catalog, dependencies, devices, samples, terminology
 from GraTaSegmenterLib.slicer_support.events import format_seconds
 from GraTaSegmenterLib.slicer_support.parameters import (AUX_LOSSES, DEVICES, MAX_SEED, MAX_STEPS, METHOD_DESCRIPTIONS,
                                                            METHODS, MODES, PSEUDO_LOSSES, AdaptParameters,
@@ -129,6 +129,7 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._updatingGui = False
         self._timer = None
+        self._deviceProbe = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -248,10 +249,19 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.modelPath = path
 
     def onAdaptationCollapsed(self, collapsed):
-        if collapsed or self.logic.deviceLabels is not None:
+        """Opening the Advanced section asks, once, which GPUs there are (in the background)."""
+        if collapsed or self.logic.deviceLabels is not None or self._deviceProbe is not None:
             return
-        with slicer.util.WaitCursor():
-            labels = self.logic.detectDevices()
+        self.ui.deviceInfoLabel.setText(_("Detecting GPUs..."))
+        self._deviceProbe = self.logic.detectDevicesInBackground()
+        qt.QTimer.singleShot(200, self.onDeviceProbePoll)
+
+    def onDeviceProbePoll(self):
+        if not self._deviceProbe.done():
+            qt.QTimer.singleShot(200, self.onDeviceProbePoll)
+            return
+        labels = self.logic.setDeviceInfo(self._deviceProbe.result())
+        self._deviceProbe = None
         for i, device in enumerate(DEVICES):
             self.ui.deviceComboBox.setItemText(i, labels[device])
         self.ui.deviceInfoLabel.setText(labels["auto"])
@@ -461,10 +471,12 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
             if dialog is not None:
                 dialog.close()
 
-    def detectDevices(self):
-        from GraTaSegmenterLib.slicer_support import devices
+    def detectDevicesInBackground(self):
+        """A Future of the device probe (a child process started from a worker thread)."""
+        return devices.probe_in_background(self.pythonCommand, self.environment())
 
-        self.deviceLabels = devices.device_labels(devices.run_probe(self.pythonCommand, self.environment()))
+    def setDeviceInfo(self, info):
+        self.deviceLabels = devices.device_labels(info)
         return self.deviceLabels
 
     # -- dependencies ---------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 Importing torch (and initialising CUDA) inside Slicer's process is slow and
 cannot be undone, so the panel runs ``python -m
-GraTaSegmenterLib.slicer_support.devices`` once, which prints one JSON object::
+GraTaSegmenterLib.slicer_support.devices`` once, from a background thread
+(:func:`probe_in_background`: starting torch takes seconds, which must not
+freeze the panel), and that prints one JSON object::
 
     {"torch": "2.13.0", "cuda": [{"name": "NVIDIA ...", "memory_gb": 80.0}], "mps": false}
 
@@ -14,6 +16,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+from concurrent.futures import Future
 from typing import Any, Mapping, Sequence
 
 
@@ -46,6 +50,20 @@ def run_probe(python: Sequence[str], env: Mapping[str, str] | None = None, timeo
                 "error": (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]}
     except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
         return {"torch": None, "cuda": [], "mps": False, "error": str(exc)}
+
+
+def probe_in_background(python: Sequence[str], env: Mapping[str, str] | None = None,
+                        timeout: float = 60.0) -> "Future[dict[str, Any]]":
+    """:func:`run_probe` in a daemon thread; the GUI polls ``future.done()`` from a
+    timer and reads ``future.result()`` in its own thread (no Qt object is touched
+    from the worker). A daemon thread, so that quitting Slicer never waits for it."""
+    future: Future[dict[str, Any]] = Future()
+
+    def work() -> None:
+        future.set_result(run_probe(python, env, timeout))
+
+    threading.Thread(target=work, daemon=True, name="GraTaSegmenter-devices").start()
+    return future
 
 
 def device_labels(info: Mapping[str, Any]) -> dict[str, str]:
