@@ -174,6 +174,7 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self):
         if self.logic is not None:
             self.logic.cancel(wait=True)
+            self.logic.continual.reset()  # its temporary folder
         self.removeObservers()
 
     def enter(self):
@@ -527,6 +528,8 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
             self.workspace.cleanup()
             raise RuntimeError(_("Could not write the input volume to {path}.").format(path=self.workspace.input_path))
         continual = params.mode == "continual"
+        if continual and self.continual.follow((os.path.abspath(modelPath), params.method)) and onLog:
+            onLog(_("Continual adaptation restarted from the source model: the model or the method changed."))
         command = adapt_command(self.pythonCommand, self.workspace.input_path, self.workspace.output_dir, modelPath,
                                 params, save_state=self.continual.pending_path if continual else None,
                                 load_state=self.continual.load_path() if continual else None)

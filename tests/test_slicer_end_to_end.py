@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import SimpleITK as sitk
 from GraTaSegmenterLib.slicer_support.parameters import AdaptParameters, adapt_command, engine_environment
 from GraTaSegmenterLib.slicer_support.process import AdaptRun, RunState
 from GraTaSegmenterLib.slicer_support.terminology import display_name, load_terms, match_term
-from GraTaSegmenterLib.slicer_support.workspace import RunWorkspace
+from GraTaSegmenterLib.slicer_support.workspace import ContinualState, RunWorkspace
 
 MODULE_DIR = Path(__file__).resolve().parents[1] / "GraTaSegmenter"
 
@@ -47,9 +48,9 @@ def model_file(tmp_path):
     return save_model(build_network(card), card, tmp_path / "tiny.safetensors")
 
 
-def write_input(path: Path, size: int = 32) -> Path:
+def write_input(path: Path, size: int = 32, seed: int = 0) -> Path:
     """An RGB (vector) volume as the module writes it: uncompressed NRRD."""
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     rgb = (rng.random((size, size, 3)) * 255).astype(np.uint8)
     image = sitk.GetImageFromArray(rgb, isVector=True)
     image.SetSpacing((0.1, 0.1))
@@ -141,3 +142,40 @@ def test_cancel_mid_run_leaves_no_process_and_no_output(model_file, tmp_path, th
     assert not run.tree_alive()
     assert not ws.output_dir.exists() or not any(ws.output_dir.iterdir())
     ws.cleanup()
+
+
+def click(model_file: Path, image: Path, parent: Path, params: AdaptParameters, continual: ContinualState):
+    """One Adapt & Segment click as GraTaSegmenterLogic.start/finish make it, without the scene:
+    input copied into a fresh workspace, state loaded and saved aside, committed on success."""
+    ws = RunWorkspace(parent)
+    shutil.copy(image, ws.input_path)
+    continual.follow((str(model_file), params.method))
+    cmd = adapt_command([sys.executable], ws.input_path, ws.output_dir, model_file, params,
+                        save_state=continual.pending_path, load_state=continual.load_path())
+    run = AdaptRun(cmd, env=engine_environment(os.environ, MODULE_DIR))
+    run.start()
+    events = run_to_end(run)
+    assert run.state is RunState.Done, run.failure
+    assert continual.commit()
+    ws.cleanup()
+    return [e.get("cosine") for e in events if e.kind == "step"]
+
+
+def test_continual_clicks_equal_one_continual_run_until_reset(model_file, tmp_path):
+    a, b = write_input(tmp_path / "a.nrrd", seed=1), write_input(tmp_path / "b.nrrd", seed=2)
+    params = AdaptParameters(steps=2, device="cpu", seed=5, mode="continual")
+    whole_cmd = adapt_command([sys.executable], a, tmp_path / "whole", model_file, params)
+    whole_cmd.insert(whole_cmd.index("-o"), str(b))
+    whole = AdaptRun(whole_cmd, env=engine_environment(os.environ, MODULE_DIR))
+    whole.start()
+    whole_cosines = [e.get("cosine") for e in run_to_end(whole) if e.kind == "step"]
+    assert whole.state is RunState.Done and len(whole_cosines) == 4
+
+    state = ContinualState(tmp_path)
+    first = click(model_file, a, tmp_path, params, state)
+    second = click(model_file, b, tmp_path, params, state)
+    assert first + second == whole_cosines  # the second click continued from the first, bit for bit
+    state.reset()
+    assert click(model_file, a, tmp_path, params, state) == first  # after Reset: from the source model again
+    state.reset()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("GraTaSegmenter-")]  # no workspace left

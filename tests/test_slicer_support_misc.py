@@ -103,3 +103,15 @@ def test_continual_state_is_replaced_only_on_success_and_forgotten_on_reset(tmp_
     assert state.load_path().read_bytes() == b"after case 1" and not state.commit()
     state.reset()
     assert state.load_path() is None and list(tmp_path.iterdir()) == [] and state.runs == 0
+
+
+def test_continual_state_restarts_when_the_model_or_method_changes(tmp_path):
+    state = ContinualState(tmp_path)
+    assert not state.follow(("/m/a.safetensors", "grata"))  # nothing to forget yet
+    state.pending_path.write_bytes(b"grata on a")
+    state.commit()
+    assert not state.follow(("/m/a.safetensors", "grata")) and state.active  # same model and method: continue
+    assert state.follow(("/m/a.safetensors", "tent")) and not state.active  # another method: from the source
+    state.pending_path.write_bytes(b"tent on a")
+    state.commit()
+    assert state.follow(("/m/b.safetensors", "tent")) and state.load_path() is None

@@ -10,7 +10,9 @@ cases of one centre are adapted one after the other): :class:`ContinualState`
 owns one state file in its own folder; each run loads it (if present) and
 saves the new state to a *separate* file that replaces it only when the run
 succeeds, so a cancelled or failed run never damages the state. ``reset``
-forgets it.
+forgets it. A state belongs to one model and method (:meth:`ContinualState.follow`):
+choosing another one between clicks starts again from the source model
+instead of failing on a state that does not fit.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class ContinualState:
     def __init__(self, parent: str | os.PathLike | None = None):
         self._parent = parent
         self._dir: Path | None = None
+        self._key: tuple | None = None
         self.runs = 0
 
     @property
@@ -65,6 +68,15 @@ class ContinualState:
         """The state to continue from, or None for the first case."""
         return self.path if self._dir is not None and self.path.is_file() else None
 
+    def follow(self, key: tuple) -> bool:
+        """Before a continual run with ``key`` (model file, method): True when a
+        state of another key was there and has been forgotten (the panel says so)."""
+        changed = self.active and self._key is not None and key != self._key
+        if changed:
+            self.reset()
+        self._key = key
+        return changed
+
     def commit(self) -> bool:
         """After a successful run: the state it saved becomes the current one."""
         pending = self.pending_path
@@ -82,6 +94,7 @@ class ContinualState:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = None
+        self._key = None
         self.runs = 0
 
     @property
