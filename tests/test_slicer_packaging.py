@@ -132,3 +132,25 @@ def test_every_control_the_readme_tutorial_names_exists():
     assert named <= texts, sorted(named - texts)
     module = (MODULE / "GraTaSegmenter.py").read_text(encoding="utf-8")
     assert '_("GraTa Segmenter")' in module and '_("Cancel")' in module
+
+
+def test_the_widgets_bound_to_parameters_match_the_parameter_node():
+    import xml.etree.ElementTree as ET
+
+    from GraTaSegmenterLib.slicer_support.parameters import MAX_SEED, MAX_STEPS, AdaptParameters
+
+    tree = ast.parse((MODULE / "GraTaSegmenter.py").read_text(encoding="utf-8"))
+    node_class = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "GraTaSegmenterParameterNode")
+    fields = {s.target.id for s in node_class.body if isinstance(s, ast.AnnAssign)}
+    bound = {}
+    for widget in ET.parse(MODULE / "Resources" / "UI" / "GraTaSegmenter.ui").iter("widget"):
+        props = {p.get("name"): p[0].text for p in widget.findall("property") if len(p)}
+        if "SlicerParameterName" in props:
+            bound[props["SlicerParameterName"]] = props
+    assert set(bound) <= fields, set(bound) - fields
+    assert (int(bound["steps"]["minimum"]), int(bound["steps"]["maximum"])) == (1, MAX_STEPS)
+    assert (int(bound["seed"]["minimum"]), int(bound["seed"]["maximum"])) == (0, MAX_SEED)
+    defaults = AdaptParameters()
+    assert int(bound["steps"]["value"]) == defaults.steps
+    assert float(bound["learningRate"]["value"]) == defaults.learning_rate
+    assert 10 ** -int(bound["learningRate"]["decimals"]) <= float(bound["learningRate"]["minimum"])
