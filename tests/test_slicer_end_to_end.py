@@ -69,7 +69,7 @@ def run_to_end(run: AdaptRun, timeout: float = 300) -> list:
 def test_a_run_streams_steps_and_writes_a_segmentation(model_file, tmp_path):
     ws = RunWorkspace(tmp_path)
     write_input(ws.input_path)
-    params = AdaptParameters(steps=3, device="cpu", seed=0)
+    params = AdaptParameters(steps=3, device="cpu", seed=0, uncertainty=True)
     cmd = adapt_command([sys.executable], ws.input_path, ws.output_dir, model_file, params)
     run = AdaptRun(cmd, env=engine_environment(os.environ, MODULE_DIR))
     run.start()
@@ -82,6 +82,8 @@ def test_a_run_streams_steps_and_writes_a_segmentation(model_file, tmp_path):
     assert seg.is_file() and seg.name.endswith(".seg.nrrd") and ws.output_dir in seg.parents
     image = sitk.ReadImage(str(seg))
     assert image.GetSize()[:2] == (32, 32)
+    uncertainty = sitk.GetArrayFromImage(sitk.ReadImage(run.progress.outputs[-1]["uncertainty"]))
+    assert uncertainty.shape[-2:] == (32, 32) and 0 <= uncertainty.min() and uncertainty.max() <= 1
     # what the module's applyTerminology makes of the segments Slicer reads from this file
     terms = load_terms(MODULE_DIR / "Resources" / "Terminology" /
                        "SegmentationCategoryTypeModifier-GraTaSegmenter.term.json")
