@@ -43,8 +43,14 @@ def entry(url, sha, **kw):
 def test_the_shipped_catalog_is_valid_and_has_a_bundled_default():
     entries = cat.load_catalog(RESOURCES / "catalog.json", RESOURCES / "catalog.schema.json")
     assert entries[0].kind == "bundled"
-    assert any(e.kind == "reference" and "github.com/Chen-Ziyang/GraTa" in e.url for e in entries)
     assert "Source domain" in entries[0].tooltip()
+    # one authors' checkpoint per source domain of the paper's fundus benchmark (their run.sh)
+    reference = [e for e in entries if e.kind == "reference"]
+    assert [e.source_domain for e in reference] == ["RIM-ONE r3", "REFUGE (training set)", "ORIGA",
+                                                    "REFUGE (validation set)", "Drishti-GS"]
+    for e, folder in zip(reference, ("RIM_ONE_r3", "REFUGE", "ORIGA", "REFUGE_Valid", "Drishti_GS")):
+        assert e.homepage == "https://github.com/Chen-Ziyang/GraTa" and e.url.startswith("https://drive.google.com/")
+        assert f"models/{folder}/last-Res_Unet.pth" in e.tooltip() and e.input_size == (512, 512)
 
 
 def test_catalog_problems_are_listed(tmp_path):
