@@ -574,10 +574,10 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
         else:
             target.GetSegmentation().DeepCopy(loaded.GetSegmentation())
             slicer.mrmlScene.RemoveNode(loaded)
+        self.placeBeside(target, inputVolume)  # first: the geometry below is then taken without a transform
         target.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
         self.applyTerminology(target)
         target.CreateDefaultDisplayNodes()
-        self.placeBeside(target, inputVolume)
         parameterNode.resultSegmentation = target
         if output.get("uncertainty"):
             uncertainty = self.importVolume(output["uncertainty"], parameterNode.uncertaintyVolume,
@@ -610,6 +610,9 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def placeBeside(node, reference):
+        """Same folder in the subject hierarchy, and under the same transform: the engine
+        worked in the volume's own coordinates, so the result overlays only if it moves with it."""
+        node.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
         shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
         parent = shNode.GetItemParent(shNode.GetItemByDataNode(reference))
         shNode.SetItemParent(shNode.GetItemByDataNode(node), parent)
@@ -719,6 +722,11 @@ class GraTaSegmenterTest(ScriptedLoadableModuleTest):
 
         self.delayDisplay("Adapt 3 steps on the CPU")
         volume, label = self.loadSample()
+        shift = vtk.vtkMatrix4x4()
+        shift.SetElement(0, 3, 12.5)  # the volume under a transform: the result must move with it
+        transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode")
+        transform.SetMatrixTransformToParent(shift)
+        volume.SetAndObserveTransformNodeID(transform.GetID())
         logic = GraTaSegmenterLogic()
         p = logic.getParameterNode()
         p.inputVolume = volume
@@ -729,6 +737,7 @@ class GraTaSegmenterTest(ScriptedLoadableModuleTest):
         segmentation = p.resultSegmentation
         self.assertIsNotNone(segmentation)
         self.assertIsNone(p.outputSegmentation)  # new node by default: a second run would not replace this one
+        self.assertEqual(segmentation.GetTransformNodeID(), transform.GetID())
         names = [segmentation.GetSegmentation().GetNthSegment(i).GetName()
                  for i in range(segmentation.GetSegmentation().GetNumberOfSegments())]
         self.assertEqual(sorted(names), ["Optic cup", "Optic disc"])
