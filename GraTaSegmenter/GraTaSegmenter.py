@@ -199,9 +199,11 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self):
         parameterNode = self.logic.getParameterNode()
         if not parameterNode.inputVolume:
-            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
-            if firstVolume:
-                parameterNode.inputVolume = firstVolume
+            # the first image volume; not a labelmap, which is a scalar volume too
+            volumes = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                       if node.GetClassName() in ("vtkMRMLScalarVolumeNode", "vtkMRMLVectorVolumeNode")]
+            if volumes:
+                parameterNode.inputVolume = volumes[0]
         self.setParameterNode(parameterNode)
         self.ui.plotWidget.setMRMLPlotViewNode(self.logic.plotViewNode())
 
