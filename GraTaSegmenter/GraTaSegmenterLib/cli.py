@@ -17,8 +17,7 @@ import sys
 import time
 import traceback
 
-from . import __version__
-from . import choices
+from . import __version__, choices
 from .choices import DEVICES, LOSSES, METHODS, MODES, PRECISIONS
 from .errors import GraTaError, OutOfMemory
 

@@ -33,13 +33,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import imageio, outputs
+from . import choices, imageio, outputs
+from .choices import DEVICES, GRADIENT_METHODS, METHODS as METHOD_NAMES, MODES
 from .errors import ConfigurationError, InputError
 from .events import VERSION, EventSink, no_events
 from .preprocessing import check_finite
 
-from . import choices
-from .choices import DEVICES, GRADIENT_METHODS, METHODS as METHOD_NAMES, MODES
 #: pixel budget of one batch: 16 slices of 512 x 512
 BATCH_PIXELS = 16 * 512 * 512
 MAX_BATCH = 64
