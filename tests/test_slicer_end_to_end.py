@@ -141,6 +141,8 @@ def test_cancel_mid_run_leaves_no_process_and_no_output(model_file, tmp_path, th
     run.cancel()
     assert run.wait(5) is RunState.Failed and run.cancelled
     assert time.monotonic() - t0 < 2.0
+    if not through_launcher:  # the engine cleaned up and exited by itself (130), it was not killed
+        assert run.returncode == 130, run.returncode
     assert not run.tree_alive()
     assert not ws.output_dir.exists() or not any(ws.output_dir.iterdir())
     ws.cleanup()

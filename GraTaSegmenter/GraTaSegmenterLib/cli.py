@@ -230,4 +230,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == EXIT_CANCELLED:
+        # Cancelled: the staged outputs are gone and the error event is written. Skip the
+        # interpreter's teardown (most of a second with torch loaded), so that the Slicer
+        # module's Cancel sees this clean exit well inside its grace period.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)
