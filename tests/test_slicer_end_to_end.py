@@ -183,3 +183,30 @@ def test_continual_clicks_equal_one_continual_run_until_reset(model_file, tmp_pa
     assert click(model_file, a, tmp_path, params, state) == first  # after Reset: from the source model again
     state.reset()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith("GraTaSegmenter-")]  # no workspace left
+
+
+def test_a_photo_as_slicer_saves_it_is_segmented_exactly_like_the_photo(model_file, tmp_path):
+    """Slicer keeps a loaded PNG as a one-slice 3D vector volume (RAS, so an LPS file has a flipped
+    direction) and the module saves that as NRRD: the engine must give the photo's own result."""
+    from test_cli_support import fundus_like, write_picture
+
+    rgb = fundus_like(40, 48, seed=4)
+    png = write_picture(tmp_path / "photo.png", rgb)
+    volume = sitk.GetImageFromArray(rgb[None], isVector=True)
+    volume.SetDirection((-1, 0, 0, 0, -1, 0, 0, 0, 1))
+    nrrd = tmp_path / "input.nrrd"
+    sitk.WriteImage(volume, str(nrrd), useCompression=False)
+    labels = {}
+    for path in (png, nrrd):
+        params = AdaptParameters(steps=2, device="cpu", seed=0)
+        run = AdaptRun(adapt_command([sys.executable], path, tmp_path / path.suffix[1:], model_file, params),
+                       env=engine_environment(os.environ, MODULE_DIR))
+        run.start()
+        run_to_end(run)
+        assert run.state is RunState.Done, run.failure
+        result = sitk.ReadImage(run.progress.outputs[-1]["labelmap"])
+        labels[path.suffix] = sitk.GetArrayFromImage(result)
+        if path == nrrd:
+            assert result.GetSize() == (48, 40, 1) and result.GetDirection() == volume.GetDirection()
+    assert labels[".png"].any() and labels[".png"].shape == (40, 48)
+    np.testing.assert_array_equal(labels[".nrrd"][0], labels[".png"])
