@@ -105,6 +105,20 @@ def test_only_the_module_file_imports_slicer_and_nothing_heavy_at_file_scope():
                 assert not tops & heavy, f"{path.name} imports {tops & heavy} at file scope"
 
 
+def test_no_undefined_or_unused_names_in_the_module_and_the_engine():
+    """The module file cannot run here; pyflakes at least proves every name it uses is defined
+    (and keeps the engine free of dead imports)."""
+    import io
+
+    from pyflakes.api import check
+    from pyflakes.reporter import Reporter
+
+    out = io.StringIO()
+    problems = sum(check(path.read_text(encoding="utf-8"), str(path), Reporter(out, out))
+                   for path in sorted(MODULE.rglob("*.py")))
+    assert problems == 0, out.getvalue()
+
+
 def test_the_panel_ui_has_the_widgets_the_module_uses():
     source = (MODULE / "GraTaSegmenter.py").read_text(encoding="utf-8")
     ui = (MODULE / "Resources" / "UI" / "GraTaSegmenter.ui").read_text(encoding="utf-8")
