@@ -172,6 +172,7 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
+        self._deviceProbe = None
         if self.logic is not None:
             self.logic.cancel(wait=True)
             self.logic.continual.reset()  # its temporary folder
@@ -260,6 +261,8 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         qt.QTimer.singleShot(200, self.onDeviceProbePoll)
 
     def onDeviceProbePoll(self):
+        if self._deviceProbe is None:  # the panel was cleaned up (closed or reloaded) meanwhile
+            return
         if not self._deviceProbe.done():
             qt.QTimer.singleShot(200, self.onDeviceProbePoll)
             return
