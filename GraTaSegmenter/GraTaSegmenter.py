@@ -173,10 +173,18 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self):
         self._deviceProbe = None
+        self.stopRun()
         if self.logic is not None:
-            self.logic.cancel(wait=True)
             self.logic.continual.reset()  # its temporary folder
         self.removeObservers()
+
+    def stopRun(self):
+        """The panel or the scene is going away: end a run and import nothing."""
+        if self._timer is not None:
+            self._timer.stop()
+        if self.logic is not None:
+            self.logic.cancel(wait=True)
+            self.logic.discardRun()
 
     def enter(self):
         self.initializeParameterNode()
@@ -188,8 +196,7 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def onSceneStartClose(self, caller, event):
-        if self.logic is not None:
-            self.logic.cancel(wait=True)
+        self.stopRun()
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
@@ -556,17 +563,20 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
         """After the run ended: import the results (Done) or clean up and raise (Failed)."""
         run = self.run
         try:
-            if run.state is not RunState.Done:
-                self.continual.discard_pending()
-                if run.cancelled:
-                    return
+            if run.state is RunState.Done:
+                self.importResults(run.progress.outputs[-1], parameterNode)
+                self.continual.commit()
+            elif not run.cancelled:
                 raise RuntimeError(run.failure + "\n\n" + _("Details are in the log."))
-            self.importResults(run.progress.outputs[-1], parameterNode)
-            self.continual.commit()
         finally:
-            if self.workspace is not None:
-                self.workspace.cleanup()
-                self.workspace = None
+            self.discardRun()  # the files of the run; a state not committed above is dropped
+
+    def discardRun(self):
+        """Forget the current run without importing its results; remove its files."""
+        self.continual.discard_pending()
+        if self.workspace is not None:
+            self.workspace.cleanup()
+            self.workspace = None
 
     def importResults(self, output, parameterNode):
         """A new segmentation node, or the segments of the one the user chose replaced."""
