@@ -102,7 +102,7 @@ def launcher(tmp_path: Path) -> list[str]:
     """Like Slicer's PythonSlicer: a launcher that starts the interpreter as its
     child (no exec) and waits for it, so the tree has two processes."""
     script = tmp_path / "PythonSlicer"
-    script.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\nexit $?\n')
+    script.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\nexit $?\n', encoding="utf-8")
     script.chmod(0o755)
     return [str(script)]
 
