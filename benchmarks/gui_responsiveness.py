@@ -24,6 +24,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MODULE_DIR = ROOT / "GraTaSegmenter"
+sys.path.insert(0, str(MODULE_DIR))
+
+from GraTaSegmenterLib.models import default_model_path  # noqa: E402
+from GraTaSegmenterLib.slicer_support.parameters import AdaptParameters, adapt_command, engine_environment  # noqa: E402
+
 FRAME = 0.016
 WORK = 0.002
 
@@ -41,9 +46,9 @@ def ticker(stop, out) -> None:
 
 
 def measure(threads: int | None, steps: int, image: Path, folder: Path) -> dict:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(MODULE_DIR), os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "GraTaSegmenterLib.cli", "adapt", str(image), "-o", str(folder / "out"),
-           "--steps", str(steps), "--device", "cpu", "--events", "--overwrite"]
+    env = engine_environment(os.environ, MODULE_DIR)
+    cmd = adapt_command([sys.executable], image, folder / "out", default_model_path(),
+                        AdaptParameters(steps=steps, device="cpu"))
     if threads is not None:
         cmd += ["--threads", str(threads)]
     stop, out = multiprocessing.Event(), multiprocessing.Queue()
