@@ -1,9 +1,12 @@
 """GraTaSegmenter: test-time adaptation (GraTa) of a segmentation network to one image, in 3D Slicer.
 
-This file is a thin shell over GraTaSegmenterLib.slicer_support, which holds
-everything that does not need Slicer (parameters and the command line, the
-event stream, the child process and its cancellation, the model catalog and
-downloads, terminology, sample data) and is tested with pytest outside Slicer.
+This file is a thin shell over two libraries: GraTaSegmenterLib.slicer_support
+holds everything that does not need Slicer (parameters and the command line,
+the event stream, the child process and its cancellation, the model catalog
+and downloads, terminology, sample data); GraTaSegmenterMRML holds what the
+module does to the scene (writing the input, reading the results, the plot).
+Both, and this file's Logic and self-test, run under Slicer's real MRML core
+in the pytest suite (Testing/slicer_runtime).
 The adaptation itself runs in a child process (``PythonSlicer -m
 GraTaSegmenterLib.cli adapt --events``), so the GUI stays responsive.
 """
@@ -13,17 +16,19 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Annotated, Union
+from typing import Annotated, Optional, Union
 
 import qt
 import slicer
 import vtk
 from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
+import GraTaSegmenterMRML as mrml
 from GraTaSegmenterLib.slicer_support import catalog, dependencies, devices, samples, terminology
 from GraTaSegmenterLib.slicer_support.events import format_seconds
 from GraTaSegmenterLib.slicer_support.parameters import (AUX_LOSSES, DEVICES, MAX_SEED, MAX_STEPS, METHOD_DESCRIPTIONS,
@@ -47,13 +52,14 @@ class GraTaSegmenter(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("GraTa Segmenter")
-        self.parent.categories = [_("Segmentation")]
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["GraTaSegmenter contributors"]
         self.parent.helpText = _(
             "Segments the optic disc and cup of a fundus photo (or any image a model file describes) after "
             "adapting the network to that image at test time with GraTa (gradient alignment), TENT or BN. "
-            f'See <a href="{GRATA_URL}">the GraTa authors\' page</a> for the method and reference checkpoints.')
+            'See <a href="{url}">the GraTa authors\' page</a> for the method and reference checkpoints.').format(
+            url=GRATA_URL)
         self.parent.acknowledgementText = _(
             "GraTa: Chen, Ye, Pan, Xia, \"Gradient Alignment Improves Test-Time Adaptation for Medical Image "
             "Segmentation\", AAAI 2025 (arXiv 2408.07343).")
@@ -88,7 +94,9 @@ class GraTaSegmenterParameterNode:
     result, corrected or not, is ever replaced unasked); ``resultSegmentation``
     is the last run's result, for Show 3D and Edit in Segment Editor."""
 
-    inputVolume: Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLVectorVolumeNode]  # RGB photos are vectors
+    # RGB photos are vector volumes. The None is required: the wrapper writes every default when
+    # it wraps the node, and a union of node types without None has no value to write.
+    inputVolume: Optional[Union[slicer.vtkMRMLScalarVolumeNode, slicer.vtkMRMLVectorVolumeNode]]
     modelId: str = "fundus-phantom-a"
     modelPath: str = ""
     method: Annotated[str, Choice(list(METHODS))] = DEFAULTS.method
@@ -151,7 +159,8 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, entry.tooltip(), qt.Qt.ToolTipRole)
         self.ui.modelComboBox.addItem(_("Any model file..."), ANY_FILE)
         self.ui.modelLinkLabel.setText(
-            f'Reference checkpoints of the GraTa authors are published at <a href="{GRATA_URL}">{GRATA_URL}</a>.')
+            _('Reference checkpoints of the GraTa authors are published at <a href="{url}">{url}</a>.').format(
+                url=GRATA_URL))
 
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.modelPathLineEdit.connect("currentPathChanged(QString)", self.onModelPathChanged)
@@ -187,13 +196,15 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.discardRun()
 
     def enter(self):
+        # The GUI stays connected while the panel lives: reconnecting on every enter() leaks
+        # one observer per visit in 5.10 (its disconnectGui does not remove the one connectGui adds).
         self.initializeParameterNode()
 
-    def exit(self):
-        if self._parameterNode:
-            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+    def onReload(self):
+        """Developer mode's Reload: drop the libraries too, so that edited code is used."""
+        for name in [n for n in sys.modules if n.split(".")[0] in ("GraTaSegmenterLib", "GraTaSegmenterMRML")]:
+            del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def onSceneStartClose(self, caller, event):
         self.stopRun()
@@ -216,6 +227,10 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.plotWidget.setMRMLPlotViewNode(self.logic.plotViewNode())
 
     def setParameterNode(self, inputParameterNode):
+        if inputParameterNode is not None and self._parameterNode is not None and \
+                inputParameterNode.parameterNode is self._parameterNode.parameterNode:
+            self.updateGUIFromParameterNode()
+            return
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
@@ -307,7 +322,8 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.log(_("Cancelling..."))
             self.updateButtons()
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to start the adaptation."), waitCursor=True):
+        # no wait cursor: starting may ask to install packages, and a dialog under a wait cursor looks frozen
+        with slicer.util.tryWithErrorDisplay(_("Failed to start the adaptation.")):
             p = self._parameterNode
             modelPath = self.logic.resolveModel(p.modelId, p.modelPath)
             self.logic.saveUserDefaults(p)
@@ -332,12 +348,23 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if run.state.busy:
             return
         self._timer.stop()
-        with slicer.util.tryWithErrorDisplay(_("The adaptation failed."), waitCursor=True):
-            self.logic.finish(self._parameterNode)  # raises with one clear message on failure
+        try:
+            # shows one clear message on failure, then re-raises (Slicer's util does)
+            with slicer.util.tryWithErrorDisplay(_("The adaptation failed.")):
+                self.logic.finish(self._parameterNode)
+        except Exception:
+            pass  # shown above; the panel must still leave the running state below
+        finally:
+            self.afterRun(run)
+
+    def afterRun(self, run):
         if run.state is RunState.Done:
             self.ui.statusLabel.text = _("Done in {t}.").format(t=format_seconds(run.progress.seconds))
+            result = self._parameterNode.resultSegmentation
+            if result is not None:  # a new result is shown as the Show 3D button says
+                mrml.showSurfaces(result, self.ui.show3DButton.checked)
         else:
-            self.ui.statusLabel.text = run.failure
+            self.ui.statusLabel.text = run.failure or _("Cancelled.")
         self.log(self.ui.statusLabel.text)
         self.ui.progressBar.visible = run.state is RunState.Done
         self.updateGUIFromParameterNode()
@@ -355,10 +382,7 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onShow3D(self, show):
         segmentation = self._parameterNode.resultSegmentation
         if segmentation:
-            if show:
-                segmentation.CreateClosedSurfaceRepresentation()
-            else:
-                segmentation.RemoveClosedSurfaceRepresentation()
+            mrml.showSurfaces(segmentation, show)
 
     def onEditInSegmentEditor(self):
         segmentation = self._parameterNode.resultSegmentation
@@ -408,7 +432,7 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
         self.workspace = None
         self.inputVolume = None
         self.deviceLabels = None
-        self._plotNodes = None
+        self.plot = mrml.PlotNodes()
 
     def getParameterNode(self):
         """The wrapped parameter node; a new one starts from the user's saved choices."""
@@ -494,17 +518,20 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
 
     # -- dependencies ---------------------------------------------------------------------
     def ensureDependencies(self):
-        """PyTorch from the PyTorch extension, other packages with pip after one confirmation."""
-        try:
-            import PyTorchUtils
-        except ImportError:
-            raise RuntimeError(_("This module needs the PyTorch extension. Install 'PyTorch' from the "
-                                 "Extensions Manager and restart Slicer.")) from None
-        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        if not torchLogic.torchInstalled():
+        """PyTorch from the PyTorch extension, other packages with pip after one confirmation.
+
+        Whether torch is there is read from package metadata: asking PyTorchUtils
+        (``torchInstalled()``) would import torch into Slicer's own process."""
+        if not dependencies.torch_installed():
+            try:
+                import PyTorchUtils
+            except ImportError:
+                raise RuntimeError(_("This module needs the PyTorch extension. Install 'PyTorch' from the "
+                                     "Extensions Manager and restart Slicer.")) from None
             if not slicer.util.confirmOkCancelDisplay(_("PyTorch is not installed yet. Install it now with the "
                                                         "PyTorch extension? This can take several minutes.")):
                 raise RuntimeError(_("PyTorch is required."))
+            torchLogic = PyTorchUtils.PyTorchUtilsLogic()
             if torchLogic.installTorch(askConfirmation=False,
                                        torchVersionRequirement=dependencies.torch_requirement()) is None:
                 raise RuntimeError(_("PyTorch could not be installed; see the PyTorch Utils module."))
@@ -527,7 +554,8 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
 
     # -- a run ------------------------------------------------------------------------------
     def start(self, inputVolume, modelPath, params, onLog=None):
-        """Write the input, start the child process; returns the AdaptRun (polled by the caller)."""
+        """Write the input, start the child process; returns the AdaptRun (polled by the caller).
+        The scene is not touched: the input is written with a storage node of its own."""
         if self.run is not None and self.run.state.busy:
             raise RuntimeError(_("An adaptation is already running."))
         if inputVolume is None:
@@ -536,7 +564,7 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
         self.ensureDependencies()
         self.workspace = RunWorkspace()
         self.inputVolume = inputVolume
-        if not slicer.util.saveNode(inputVolume, str(self.workspace.input_path), {"useCompression": 0}):
+        if not mrml.writeVolume(inputVolume, self.workspace.input_path):
             self.workspace.cleanup()
             raise RuntimeError(_("Could not write the input volume to {path}.").format(path=self.workspace.input_path))
         continual = params.mode == "continual"
@@ -579,109 +607,45 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
             self.workspace = None
 
     def importResults(self, output, parameterNode):
-        """A new segmentation node, or the segments of the one the user chose replaced."""
+        """A new segmentation node, or the segments of the one the user chose replaced.
+        The files are read in a scene of their own: no node points into the run folder."""
         inputVolume = self.inputVolume
-        loaded = slicer.util.loadSegmentation(output["segmentation"])
-        target = parameterNode.outputSegmentation
-        if target is None:
-            target = loaded
-            target.SetName(slicer.mrmlScene.GenerateUniqueName(inputVolume.GetName() + " GraTa segmentation"))
-        else:
-            target.GetSegmentation().DeepCopy(loaded.GetSegmentation())
-            slicer.mrmlScene.RemoveNode(loaded)
-        self.placeBeside(target, inputVolume)  # first: the geometry below is then taken without a transform
+        scene = slicer.mrmlScene
+        target = mrml.readSegmentation(output["segmentation"], scene, parameterNode.outputSegmentation,
+                                       inputVolume.GetName() + " GraTa segmentation")
+        mrml.placeBeside(target, inputVolume)  # first: the geometry below is then taken without a transform
         target.SetReferenceImageGeometryParameterFromVolumeNode(inputVolume)
-        self.applyTerminology(target)
+        mrml.applyTerms(target, self.segmentTerm)
         target.CreateDefaultDisplayNodes()
         parameterNode.resultSegmentation = target
         if output.get("uncertainty"):
-            uncertainty = self.importVolume(output["uncertainty"], parameterNode.uncertaintyVolume,
-                                            inputVolume.GetName() + " GraTa uncertainty")
-            self.placeBeside(uncertainty, inputVolume)
+            uncertainty = mrml.readVolume(output["uncertainty"], scene, parameterNode.uncertaintyVolume,
+                                          inputVolume.GetName() + " GraTa uncertainty")
+            mrml.placeBeside(uncertainty, inputVolume)
         slicer.util.setSliceViewerLayers(background=inputVolume, fit=True)
 
-    def applyTerminology(self, segmentationNode):
-        segmentation = segmentationNode.GetSegmentation()
-        tag = slicer.vtkSegment.GetTerminologyEntryTagName()
-        for index in range(segmentation.GetNumberOfSegments()):
-            segment = segmentation.GetNthSegment(index)
-            term = terminology.match_term(self.terms, segment.GetName(), segment.GetLabelValue())
-            if term is None:
-                continue
-            segment.SetName(terminology.display_name(term.name))
-            segment.SetColor(*term.color)
-            segment.SetTag(tag, term.terminology_entry())
-
-    @staticmethod
-    def importVolume(path, target, name):
-        loaded = slicer.util.loadVolume(path)
-        if target is None:
-            loaded.SetName(slicer.mrmlScene.GenerateUniqueName(name))
-            return loaded
-        target.SetAndObserveImageData(loaded.GetImageData())
-        target.CopyOrientation(loaded)
-        slicer.mrmlScene.RemoveNode(loaded)
-        return target
-
-    @staticmethod
-    def placeBeside(node, reference):
-        """Same folder in the subject hierarchy, and under the same transform: the engine
-        worked in the volume's own coordinates, so the result overlays only if it moves with it."""
-        node.SetAndObserveTransformNodeID(reference.GetTransformNodeID())
-        shNode = slicer.mrmlScene.GetSubjectHierarchyNode()
-        parent = shNode.GetItemParent(shNode.GetItemByDataNode(reference))
-        shNode.SetItemParent(shNode.GetItemByDataNode(node), parent)
+    def segmentTerm(self, name, label):
+        """(name, colour, terminology entry) of a segment the engine wrote, or None."""
+        term = terminology.match_term(self.terms, name, label)
+        if term is None:
+            return None
+        return terminology.display_name(term.name), term.color, term.terminology_entry()
 
     # -- live plot --------------------------------------------------------------------------
     def plotViewNode(self):
-        if self._plotNodes is None or slicer.mrmlScene.GetNodeByID(self._plotNodes[-1].GetID()) is None:
-            self._plotNodes = self.createPlotNodes()
-        return self._plotNodes[-1]
-
-    def createPlotNodes(self):
-        scene = slicer.mrmlScene
-        table = scene.AddNewNodeByClass("vtkMRMLTableNode", "GraTa adaptation steps")
-        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "GraTa adaptation")
-        chart.SetXAxisTitle("step")
-        chart.SetYAxisTitle("value")
-        series = []
-        for column, title, color in (("cosine", "cosine similarity", (0.1, 0.4, 0.9)),
-                                     ("lr_relative", "learning rate / base", (0.9, 0.4, 0.1))):
-            s = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", title)
-            s.SetAndObserveTableNodeID(table.GetID())
-            s.SetXColumnName("step")
-            s.SetYColumnName(column)
-            s.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-            s.SetColor(*color)
-            chart.AddAndObservePlotSeriesNodeID(s.GetID())
-            series.append(s)
-        view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode", "GraTa adaptation view")
-        view.SetPlotChartNodeID(chart.GetID())
-        for node in (table, chart, *series, view):
-            node.SetSaveWithScene(False)
-            node.SetHideFromEditors(True)
-        return (table, chart, *series, view)
+        return self.plot.viewNode()
 
     def resetPlot(self):
-        self.plotViewNode()
-        self.updatePlot(None)
+        self.plot.update([], [], [])
 
     def updatePlot(self, progress):
-        import numpy as np
-
-        table = self._plotNodes[0]
         if progress is None or not progress.plot_steps:
-            columns = [np.zeros(0), np.zeros(0), np.zeros(0)]
+            self.resetPlot()
         else:
-            base = float(progress.plot_lr[0] or 1.0) or 1.0
-            nan = float("nan")
-            columns = [np.array(progress.plot_steps, dtype=float),
-                       np.array([nan if v is None else v for v in progress.plot_cosine]),
-                       np.array([nan if v is None else v / base for v in progress.plot_lr])]
-        slicer.util.updateTableFromArray(table, columns, columnNames=["step", "cosine", "lr_relative"])
+            self.plot.update(progress.plot_steps, progress.plot_cosine, progress.plot_lr)
 
     def plotPointCount(self):
-        return self._plotNodes[0].GetNumberOfRows() if self._plotNodes else 0
+        return self.plot.rowCount()
 
 
 def pythonSlicerCommand():

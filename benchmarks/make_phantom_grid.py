@@ -1,4 +1,4 @@
-"""Draw docs/images/phantom_grid.png: one row per phantom centre, 6 samples each.
+"""Draw Resources/phantom_grid.png: one row per phantom centre, 6 samples each.
 
 The last two columns show the same images as columns 1-2 with the optic disc
 (yellow) and cup (cyan) mask contours, to check that masks trace what is seen.
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "phantom_grid.png")
+    parser.add_argument("--out", type=Path, default=ROOT / "Resources" / "phantom_grid.png")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

@@ -22,6 +22,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import InputError
+from .terminology_contexts import ANATOMIC_CONTEXT, TERMINOLOGY_CONTEXT
 
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 VOLUME_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -201,9 +202,8 @@ def _code_text(code) -> str:
 def terminology_entry(segment_class) -> str:
     """Slicer's terminology tag value for a card class (Slicer 5 serialisation:
     context~category~type~type modifier~anatomic context~region~region modifier)."""
-    return ("Segmentation category and type - 3D Slicer General Anatomy list"
-            f"~{_code_text(segment_class.category)}~{_code_text(segment_class.type)}~^^"
-            f"~Anatomic codes - DICOM master list~{_code_text(segment_class.anatomic_region)}~^^")
+    return (f"{TERMINOLOGY_CONTEXT}~{_code_text(segment_class.category)}~{_code_text(segment_class.type)}~^^"
+            f"~{ANATOMIC_CONTEXT}~{_code_text(segment_class.anatomic_region)}~^^")
 
 
 def _format_vector(values: Sequence[float]) -> str:
@@ -233,7 +233,7 @@ def segmentation_metadata(classes, nonempty: Sequence[bool], size: Sequence[int]
         "Segmentation_ConversionParameters": (
             f"Reference image geometry|{geometry}|Image geometry description string determining the geometry "
             f"of the labelmap that is created in course of conversion. Can be copied from a volume, using "
-            f"the button."),
+            f"the button.&"),  # each parameter ends with '&': without it Slicer reads an empty geometry
         "Segmentation_ReferenceImageExtentOffset": "0 0 0",
     }
     for i, c in enumerate(classes):

@@ -32,6 +32,17 @@ def torch_requirement() -> str:
     return f">={MINIMUM_TORCH}"
 
 
+def torch_installed(version: Callable[[str], str] = importlib.metadata.version) -> bool:
+    """Is torch installed? From the package metadata: importing torch into Slicer's
+    own process (as ``PyTorchUtilsLogic.torchInstalled()`` does) freezes the GUI for
+    seconds, loads CUDA there, and on Windows locks the DLLs an upgrade must replace."""
+    try:
+        version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def torch_version_problem(version: Callable[[str], str] = importlib.metadata.version) -> str | None:
     """What to do when the installed torch is older than the engine supports;
     None when it is recent enough or not installed at all (then it is installed

@@ -38,11 +38,16 @@ def probe() -> dict[str, Any]:
     return {"torch": torch.__version__, "cuda": cuda, "mps": mps}
 
 
+# no console window flashes up on Windows while the probe runs (0 elsewhere)
+NO_WINDOW = getattr(subprocess, "CREATE_NO_WINDOW", 0)
+
+
 def run_probe(python: Sequence[str], env: Mapping[str, str] | None = None, timeout: float = 60.0) -> dict[str, Any]:
     """Run :func:`probe` in a child process; never raises."""
     try:
         out = subprocess.run([*python, "-m", "GraTaSegmenterLib.slicer_support.devices"], capture_output=True,
-                             text=True, timeout=timeout, env=dict(env) if env is not None else None, check=False)
+                             text=True, timeout=timeout, env=dict(env) if env is not None else None, check=False,
+                             creationflags=NO_WINDOW)
         lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
         if out.returncode == 0 and lines:
             return json.loads(lines[-1])

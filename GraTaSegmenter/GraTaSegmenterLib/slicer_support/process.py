@@ -2,9 +2,11 @@
 
 Why ``subprocess.Popen`` polled from a timer, and not ``qt.QProcess``:
 
-* Slicer 5.10's ``slicer.util.launchConsoleProcess`` blocks, so the panel
-  needs its own non-blocking process. ``Popen`` works the same in Slicer 5.10,
-  5.12 and in pytest, so the exact code the module runs is tested here.
+* ``slicer.util.launchConsoleProcess`` (5.10 and 5.12) returns a ``Popen`` at
+  once, but merges stderr into stdout, starts no process group (so Cancel
+  could not end PythonSlicer's child) and uses Slicer's startup environment.
+  Our own ``Popen`` works the same in Slicer 5.10, 5.12 and in pytest, so
+  the exact code the module runs is tested here.
 * Cancel must end the whole tree: ``PythonSlicer`` is a launcher that starts
   the real interpreter as *its* child. On POSIX the child is started with
   ``start_new_session=True`` (its own session and process group), and cancel

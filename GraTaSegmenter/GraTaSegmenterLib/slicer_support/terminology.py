@@ -21,8 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-CARD_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+from ..terminology_contexts import ANATOMIC_CONTEXT, TERMINOLOGY_CONTEXT as CARD_CONTEXT
 
 
 @dataclass(frozen=True)

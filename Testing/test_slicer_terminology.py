@@ -54,3 +54,15 @@ def test_codes_with_separators_are_refused():
     with pytest.raises(ValueError):
         Coded("SCT", "1~2", "x").serialize()
     assert display_name("optic_cup") == "Optic cup"
+
+
+def test_the_engine_names_the_context_of_the_extensions_term_file():
+    """The .seg.nrrd files of the command line name the context the module registers."""
+    import json
+
+    from GraTaSegmenterLib.terminology_contexts import TERMINOLOGY_CONTEXT
+
+    term_file = (Path(__file__).resolve().parents[1] / "GraTaSegmenter" / "Resources" / "Terminology"
+                 / "SegmentationCategoryTypeModifier-GraTaSegmenter.term.json")
+    assert json.loads(term_file.read_text(encoding="utf-8"))["SegmentationCategoryTypeContextName"] == \
+        TERMINOLOGY_CONTEXT

@@ -10,8 +10,8 @@ import SimpleITK as sitk
 
 from GraTaSegmenterLib import imageio
 from GraTaSegmenterLib.models.fundus import FUNDUS_CLASSES
-from test_cli_support import (OBLIQUE_2D, assert_same_geometry, checksum, fundus_like, parse_events, 
-                              run_cli, set_geometry, tiny_2d_model, tiny_3d_model, volume, write_picture,
+from test_cli_support import (OBLIQUE_2D, assert_same_geometry, assert_slicer_reads, checksum, fundus_like, parse_events, 
+                              run_cli, set_geometry, SOFTMAX_CLASSES, tiny_2d_model, tiny_3d_model, volume, write_picture,
                               write_volume)
 
 
@@ -27,7 +27,7 @@ def _adapt(inputs, outdir, model, *extra):
     return parse_events(out), err
 
 
-def _check_result(folder, loaded, n_classes=2, nifti=False):
+def _check_result(folder, loaded, n_classes=2, nifti=False, classes=FUNDUS_CLASSES):
     ref = loaded.image
     ext = ".nii.gz" if nifti else ".nrrd"
     labelmap = sitk.ReadImage(str(folder / f"labelmap{ext}"))
@@ -50,6 +50,7 @@ def _check_result(folder, loaded, n_classes=2, nifti=False):
     np.testing.assert_array_equal(painted, labels)
     for name in ("steps.jsonl", "adaptation.png"):
         assert (folder / name).is_file()
+    assert_slicer_reads(folder / "segmentation.seg.nrrd", ref, classes, layers)
     return labelmap, seg
 
 
@@ -140,7 +141,7 @@ def test_3d_model_on_volume(tmp_path, input_size):
     path = write_volume(tmp_path / "ct.nrrd", volume((6, 18, 22), constant_first=False))
     _adapt([path], tmp_path / "out", model, "--probabilities")
     folder = tmp_path / "out" / "ct"
-    _check_result(folder, imageio.read_image(path))
+    _check_result(folder, imageio.read_image(path), classes=SOFTMAX_CLASSES)
     probs = sitk.ReadImage(str(folder / "probabilities.nrrd"))
     assert probs.GetNumberOfComponentsPerPixel() == 2  # one per class (background not listed)
 
@@ -160,7 +161,7 @@ def test_segmentation_file_metadata(tmp_path, model2d):
         assert meta[f"Segment{i}_Tags"] == f"TerminologyEntry:{imageio.terminology_entry(c)}|"
         assert f"~{c.type.scheme}^{c.type.value}^{c.type.meaning}~" in meta[f"Segment{i}_Tags"]
     assert meta["Segment0_Tags"].startswith(
-        "TerminologyEntry:Segmentation category and type - 3D Slicer General Anatomy list~")
+        "TerminologyEntry:Segmentation category and type - GraTaSegmenter~")
     for i in (0, 1):
         extent = [int(v) for v in meta[f"Segment{i}_Extent"].split()]
         assert extent in ([0, 47, 0, 39, 0, 0], [0, -1, 0, -1, 0, -1])

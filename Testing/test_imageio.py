@@ -56,7 +56,7 @@ def test_terminology_entry():
     cup = FUNDUS_CLASSES[1]
     cat, typ = cup.category, cup.type
     assert imageio.terminology_entry(cup) == (
-        f"Segmentation category and type - 3D Slicer General Anatomy list~{cat.scheme}^{cat.value}^{cat.meaning}"
+        f"Segmentation category and type - GraTaSegmenter~{cat.scheme}^{cat.value}^{cat.meaning}"
         f"~{typ.scheme}^{typ.value}^{typ.meaning}~^^~Anatomic codes - DICOM master list~^^~^^")
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from GraTaSegmenterLib import cli
+from GraTaSegmenterLib import cli, imageio
 from GraTaSegmenterLib.events import validate
 from GraTaSegmenterLib.models import ModelCard, save_model
 from GraTaSegmenterLib.models.card import Code, SegmentClass
@@ -148,3 +148,42 @@ def assert_no_leftovers(outdir: Path) -> None:
     """Nothing partial: no temporary folders, and no result folder at all."""
     if outdir.exists():
         assert list(outdir.iterdir()) == [], list(outdir.iterdir())
+
+
+def assert_slicer_reads(seg_path: Path, reference: sitk.Image, classes, layers: np.ndarray) -> None:
+    """Slicer's own vtkMRMLSegmentationStorageNode reads the file with the classes'
+    names and colours, terminology that resolves in the extension's context, the
+    input's geometry as reference geometry, and the same voxels per segment."""
+    from slicer_runtime.segmentation_files import read_seg_nrrd, resolves
+
+    read = read_seg_nrrd(seg_path)
+    assert [s.name for s in read.segments] == [c.name for c in classes]
+    for segment, c in zip(read.segments, classes):
+        assert segment.color == pytest_approx(c.color)
+        if c.type is not None:  # the fundus codes in the context named; others in some loaded context
+            assert resolves(_terms(), segment.terminology, anywhere=c not in FUNDUS_CLASSES), segment.terminology
+    assert read.reference_geometry, "Slicer reads no reference image geometry"
+    origin, spacing, direction, size = imageio.geometry_3d(reference)
+    lps = np.eye(4)
+    lps[:3, :3] = direction * np.asarray(spacing)[None, :]
+    lps[:3, 3] = origin
+    np.testing.assert_allclose(read.ijk_to_ras, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, atol=1e-6)
+    assert read.extent == (0, size[0] - 1, 0, size[1] - 1, 0, size[2] - 1)
+    assert [s.voxels for s in read.segments] == [int(np.count_nonzero(layers[..., i])) for i in range(len(classes))]
+
+
+def pytest_approx(values):
+    import pytest
+
+    return pytest.approx(tuple(float(v) for v in values), abs=1e-5)
+
+
+_TERMS_CACHE: list = []
+
+
+def _terms():
+    from slicer_runtime.segmentation_files import terminology_logic
+
+    if not _TERMS_CACHE:
+        _TERMS_CACHE.append(terminology_logic())
+    return _TERMS_CACHE[0]

@@ -1,0 +1,15 @@
+"""Stand-in for PythonQt's ``ctk`` module.
+
+Slicer's ScriptedLoadableModule, parameterNodeWrapper and SampleData import
+``ctk`` at the top but use its widgets only when a panel is built, which
+does not happen here (the Logic and the self-test run without a GUI), so the
+module holds only names (below): a call that reaches a widget fails loudly.
+"""
+
+from . import qt_standin as _qt
+
+# Names only: Slicer's parameterNodeWrapper uses these in annotations and
+# isinstance checks of its GUI connectors, which need a panel (not built here).
+ctkPathLineEdit = ctkDirectoryButton = ctkColorPickerButton = ctkCheckablePushButton = ctkSliderWidget = \
+    ctkRangeWidget = ctkDoubleSlider = ctkDoubleRangeSlider = ctkComboBox = ctkDoubleSpinBox = \
+    ctkCollapsibleButton = ctkCheckBox = type("ctkWidgetName", (_qt.QWidget,), {})
