@@ -108,6 +108,7 @@ class GraTaSegmenterParameterNode:
     device: Annotated[str, Choice(list(DEVICES))] = DEFAULTS.device
     seed: Annotated[int, WithinRange(0, MAX_SEED)] = DEFAULTS.seed
     uncertainty: bool = DEFAULTS.uncertainty
+    postprocess: bool = DEFAULTS.postprocess
     outputSegmentation: slicer.vtkMRMLSegmentationNode
     uncertaintyVolume: slicer.vtkMRMLScalarVolumeNode
     resultSegmentation: slicer.vtkMRMLSegmentationNode
@@ -116,7 +117,7 @@ class GraTaSegmenterParameterNode:
 def adaptParameters(p) -> AdaptParameters:
     return AdaptParameters(method=p.method, steps=int(p.steps), learning_rate=float(p.learningRate),
                            aux_loss=p.auxLoss, pseudo_loss=p.pseudoLoss, mode=p.mode, device=p.device,
-                           seed=int(p.seed), uncertainty=bool(p.uncertainty))
+                           seed=int(p.seed), uncertainty=bool(p.uncertainty), postprocess=bool(p.postprocess))
 
 
 #
@@ -359,6 +360,8 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def afterRun(self, run):
         if run.state is RunState.Done:
+            for text in run.progress.postprocess:
+                self.log(_("Post-processing: {what}").format(what=text))
             self.ui.statusLabel.text = _("Done in {t}.").format(t=format_seconds(run.progress.seconds))
             result = self._parameterNode.resultSegmentation
             if result is not None:  # a new result is shown as the Show 3D button says
@@ -462,7 +465,7 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
         a = AdaptParameters.from_settings(stored)
         p.method, p.steps, p.learningRate, p.auxLoss, p.pseudoLoss = (a.method, a.steps, a.learning_rate,
                                                                       a.aux_loss, a.pseudo_loss)
-        p.mode, p.device, p.seed, p.uncertainty = a.mode, a.device, a.seed, a.uncertainty
+        p.mode, p.device, p.seed, p.uncertainty, p.postprocess = a.mode, a.device, a.seed, a.uncertainty, a.postprocess
         modelId = settings.value(f"{SETTINGS_GROUP}/modelId")
         if modelId and (self.entry(modelId) is not None or modelId == ANY_FILE):
             p.modelId = modelId

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from GraTaSegmenterLib import phantom
 from GraTaSegmenterLib.models import ModelCard, file_sha256, save_model
-from GraTaSegmenterLib.models.fundus import FUNDUS_CLASSES
+from GraTaSegmenterLib.models.fundus import FUNDUS_CLASSES, FUNDUS_POSTPROCESS
 from GraTaSegmenterLib.models.unet import UNet
 from GraTaSegmenterLib.models import WEIGHTS_DIR, DEFAULT_MODEL_NAME
 
@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     card = ModelCard(
         name="Fundus optic disc/cup U-Net (phantom centre A)",
         architecture="unet", arguments=ARCHITECTURE, input_channels=3, spatial_dims=2, output="sigmoid",
-        classes=FUNDUS_CLASSES, input_size=(args.size, args.size), normalisation="minmax",
+        classes=FUNDUS_CLASSES, postprocess=FUNDUS_POSTPROCESS, input_size=(args.size, args.size),
+        normalisation="minmax",
         description="BatchNorm U-Net trained on GraTaSegmenter's phantom centre A (colour fundus crops "
                     "centred on the optic disc). Source model of the demo, the sample data and the tests; "
                     "not for clinical use.",

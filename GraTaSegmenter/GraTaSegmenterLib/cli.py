@@ -53,7 +53,7 @@ def _options(args: argparse.Namespace):
                    pseudo_loss=args.pseudo_loss, mode=args.mode, device=args.device, seed=args.seed,
                    precision=args.precision, save_state=args.save_state, load_state=args.load_state,
                    overwrite=args.overwrite, probabilities=args.probabilities, uncertainty=args.uncertainty,
-                   batch_size=args.batch_size)
+                   batch_size=args.batch_size, postprocess=not args.no_postprocess)
 
 
 def _cmd_adapt(args: argparse.Namespace, emit) -> int:
@@ -111,6 +111,9 @@ def _add_adapt(sub) -> None:
     p.add_argument("--load-state", metavar="FILE", help="start from a saved adapted state")
     p.add_argument("--probabilities", action="store_true", help="also write the class probabilities")
     p.add_argument("--uncertainty", action="store_true", help="also write the per-pixel uncertainty (entropy)")
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="keep the network's masks as they are, without the model card's anatomical rules "
+                        "(e.g. one disc, the cup inside it, no holes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results in OUTDIR")
     p.add_argument("--events", action="store_true",
                    help="JSON lines on stdout instead of progress bars (docs/events.md)")
@@ -148,6 +151,9 @@ def _add_demo(sub) -> None:
     p.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=DEVICES)
     p.add_argument("--seed", type=int, default=choices.DEFAULT_SEED)
     _add_threads(p)
+    p.add_argument("--no-postprocess", action="store_true",
+                   help="keep the network's masks as they are, without the model card's anatomical rules "
+                        "(e.g. one disc, the cup inside it, no holes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results in OUTDIR")
     p.set_defaults(func=_cmd_demo, events=False)
 

@@ -30,12 +30,13 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
              "total_steps": (int,), "cosine": NULLABLE_NUMBER, "lr": NULLABLE_NUMBER,
              "aux_loss": NULLABLE_NUMBER, "pseudo_loss": NULLABLE_NUMBER, "loss": NULLABLE_NUMBER,
              "seconds": NUMBER, "applied": (bool,), "skipped": NULLABLE_STR},
+    "postprocess": {"input_index": (int,), "input": (str,), "segments": (list,)},
     "output": {"input_index": (int,), "input": (str,), "paths": (dict,)},
     "done": {"outputs": (int,), "seconds": NUMBER},
     "error": {"message": (str,), "kind": (str,), "input": NULLABLE_STR},
 }
 REQUIRED_PATHS = ("labelmap", "segmentation", "steps", "plot")
-OPTIONAL_PATHS = ("overlay", "probabilities", "uncertainty", "state")
+OPTIONAL_PATHS = ("overlay", "probabilities", "uncertainty", "postprocessing", "state")
 MODES = ("episodic", "continual")
 
 

@@ -43,6 +43,7 @@ def file_names(nifti: bool) -> dict[str, str]:
         "overlay": "overlay.png",
         "probabilities": "probabilities" + volume,
         "uncertainty": "uncertainty" + volume,
+        "postprocessing": "postprocessing.json",
     }
 
 
@@ -130,3 +131,9 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
+
+
+def write_json(path: Path, value: Any) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(value, f, indent=1)
+        f.write("\n")

@@ -64,6 +64,7 @@ class Options:
     probabilities: bool = False
     uncertainty: bool = False
     batch_size: int | None = None
+    postprocess: bool = True  # the model card's anatomical rules (--no-postprocess turns them off)
 
     def check(self) -> None:
         if self.method not in METHOD_NAMES:
@@ -199,6 +200,7 @@ class Prediction:
     probabilities: np.ndarray | None = None  # (K, *spatial) float32
     uncertainty: np.ndarray | None = None  # (*spatial) float32 in [0, 1]
     records: list[dict[str, Any]] = field(default_factory=list)
+    postprocess: list[dict[str, Any]] | None = None  # what the card's rules did, None when not applied
 
 
 def labels_from_masks(masks: np.ndarray, classes) -> np.ndarray:
@@ -353,7 +355,23 @@ class Segmenter:
                 prediction.probabilities = prediction.probabilities[:, 0]
             if prediction.uncertainty is not None:
                 prediction.uncertainty = prediction.uncertainty[0]
+        if opts.postprocess and card.postprocess:
+            self._postprocess(loaded, prediction, slice_axis, input_index)
         return prediction
+
+    def _postprocess(self, loaded: imageio.LoadedImage, prediction: Prediction, slice_axis: int | None,
+                     input_index: int) -> None:
+        """The card's anatomical rules on the masks (probabilities and uncertainty stay as predicted)."""
+        from . import postprocess
+
+        spacing = tuple(reversed(loaded.image.GetSpacing()))  # numpy axis order
+        masks, report = postprocess.apply(prediction.masks, self.card.classes, self.card.postprocess, spacing,
+                                          slice_axis)
+        prediction.masks = masks
+        prediction.labels = labels_from_masks(masks, self.card.classes)
+        prediction.postprocess = report.to_list()
+        self.emit("postprocess", input_index=input_index, input=str(loaded.path), segments=prediction.postprocess)
+        self.log(f"{loaded.path.name}: post-processing: {report.text()}")
 
     @torch.no_grad()
     def _predict(self, feeder: _Feeder, order: list[np.ndarray], bar) -> Prediction:
@@ -411,6 +429,9 @@ class Segmenter:
                 imageio.write_image(imageio.with_geometry(prediction.uncertainty, ref),
                                     folder.path(names["uncertainty"]))
                 written["uncertainty"] = names["uncertainty"]
+            if prediction.postprocess is not None:
+                outputs.write_json(folder.path(names["postprocessing"]), prediction.postprocess)
+                written["postprocessing"] = names["postprocessing"]
         return written
 
     def run(self, inputs: Sequence[str | Path], outdir: str | Path) -> list[dict[str, str]]:

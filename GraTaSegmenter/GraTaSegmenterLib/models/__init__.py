@@ -30,7 +30,7 @@ from torch import nn
 
 from ..errors import ModelFileError
 from .card import ModelCard, SegmentClass
-from .fundus import FUNDUS_CLASSES
+from .fundus import FUNDUS_CLASSES, FUNDUS_POSTPROCESS
 from .resunet import ResUnet, resunet_config_from_keys
 from .unet import UNet
 
@@ -84,6 +84,7 @@ def reference_card(config: dict, source: str = "") -> ModelCard:
         spatial_dims=2,
         output="sigmoid",
         classes=FUNDUS_CLASSES,
+        postprocess=FUNDUS_POSTPROCESS,
         input_size=(512, 512),
         normalisation="minmax",
         description="Optic disc and cup segmentation network of the GraTa authors' reference code.",
@@ -197,6 +198,17 @@ def save_model(model: nn.Module, card: ModelCard, path: str | os.PathLike) -> Pa
     return path
 
 
+def rule_text(rule) -> str:
+    """'optic cup: inside optic disc, largest component, fill holes'."""
+    parts = [f"inside {rule.inside}"] if rule.inside else []
+    if rule.min_size:
+        unit = "voxels" if rule.min_size_unit == "voxels" else "mm^2/mm^3"
+        parts.append(f"components >= {rule.min_size:g} {unit}")
+    parts += [name for flag, name in ((rule.largest_component, "largest component"), (rule.fill_holes, "fill holes"),
+                                       (rule.per_slice, "per slice")) if flag]
+    return f"{rule.segment}: " + ", ".join(parts or ["nothing"])
+
+
 def card_summary(card: ModelCard) -> str:
     """A few human-readable lines about a model (for tooltips and `info`)."""
     lines = [card.name, card.description] if card.description else [card.name]
@@ -205,6 +217,8 @@ def card_summary(card: ModelCard) -> str:
     lines.append(f"{card.spatial_dims}D, {card.input_channels} channel(s), input {size}, "
                  f"{card.normalisation} normalisation, {card.output} output")
     lines.append("classes: " + ", ".join(f"{c.name} (label {c.label})" for c in card.classes))
+    if card.postprocess:
+        lines.append("post-processing: " + "; ".join(rule_text(r) for r in card.postprocess))
     for key, value in sorted(card.provenance.items()):
         lines.append(f"{key}: {value}")
     return "\n".join(line for line in lines if line)

@@ -53,6 +53,26 @@ class SegmentClass:
     anatomic_region: Code | None = None
 
 
+MIN_SIZE_UNITS = ("voxels", "mm")
+
+
+@dataclass(frozen=True)
+class PostprocessRule:
+    """What the anatomy allows for one segment (see :mod:`..postprocess`).
+
+    ``segment`` and ``inside`` are class names; ``min_size`` is in voxels or,
+    with ``min_size_unit="mm"``, in mm^2 (2D) / mm^3 (3D); ``per_slice`` applies
+    the rule to each 2D slice of a volume instead of in 3D."""
+
+    segment: str
+    largest_component: bool = False
+    fill_holes: bool = False
+    inside: str | None = None
+    min_size: float | None = None
+    min_size_unit: str = "voxels"
+    per_slice: bool = False
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """Facts about a model; see the module docstring."""
@@ -70,6 +90,7 @@ class ModelCard:
     slice_axis: int | None = None
     description: str = ""
     provenance: dict[str, Any] = field(default_factory=dict)
+    postprocess: tuple[PostprocessRule, ...] = ()
     format: int = CARD_FORMAT
 
     def __post_init__(self) -> None:
@@ -106,6 +127,7 @@ class ModelCard:
             raise ModelFileError(f"unknown model card fields {sorted(unknown)}; the file is damaged or newer")
         try:
             data["classes"] = tuple(_segment_class(c) for c in data.get("classes", ()))
+            data["postprocess"] = tuple(_rule(r) for r in data.get("postprocess") or ())
             for key in ("input_size", "window"):
                 if data.get(key) is not None:
                     data[key] = tuple(data[key])
@@ -120,6 +142,12 @@ def _code(value: Any) -> Code | None:
     if isinstance(value, dict):
         return Code(**value)
     return Code(*value)
+
+
+def _rule(data: Any) -> PostprocessRule:
+    if not isinstance(data, dict):
+        raise TypeError("a post-processing rule is an object")
+    return PostprocessRule(**data)
 
 
 def _segment_class(data: dict[str, Any]) -> SegmentClass:
@@ -164,4 +192,36 @@ def validate_card(card: ModelCard) -> list[str]:
     for c in card.classes:
         if len(c.color) != 3 or not all(0.0 <= v <= 1.0 for v in c.color):
             problems.append(f"class {c.name!r}: color must be three values in [0, 1]")
+    problems += _rule_problems(card)
+    return problems
+
+
+def _rule_problems(card: ModelCard) -> list[str]:
+    names = [c.name for c in card.classes]
+    problems, seen = [], set()
+    for r in card.postprocess:
+        where = f"post-processing rule for {r.segment!r}"
+        if r.segment not in names:
+            problems.append(f"{where}: no class of that name (classes: {', '.join(names)})")
+        if r.segment in seen:
+            problems.append(f"{where}: a segment has one rule")
+        seen.add(r.segment)
+        if r.inside is not None and (r.inside not in names or r.inside == r.segment):
+            problems.append(f"{where}: 'inside' must name another class")
+        if r.min_size is not None and (isinstance(r.min_size, bool) or not isinstance(r.min_size, (int, float))
+                                       or not r.min_size > 0):
+            problems.append(f"{where}: min_size must be a positive number")
+        if r.min_size_unit not in MIN_SIZE_UNITS:
+            problems.append(f"{where}: min_size_unit must be one of {MIN_SIZE_UNITS}")
+        for flag in ("largest_component", "fill_holes", "per_slice"):
+            if not isinstance(getattr(r, flag), bool):
+                problems.append(f"{where}: {flag} must be true or false")
+    inside = {r.segment: r.inside for r in card.postprocess}
+    for start in inside:
+        node, steps = start, 0
+        while node in inside and inside[node] is not None and steps <= len(inside):
+            node, steps = inside[node], steps + 1
+        if steps > len(inside):
+            problems.append("post-processing rules: 'inside' forms a cycle")
+            break
     return problems

@@ -11,7 +11,7 @@ are in the Slicer module's .term.json.
 
 from __future__ import annotations
 
-from .card import Code, SegmentClass
+from .card import Code, PostprocessRule, SegmentClass
 
 ANATOMICAL_STRUCTURE = Code("SCT", "123037004", "Anatomical Structure")
 
@@ -24,3 +24,9 @@ OPTIC_CUP = SegmentClass(
     category=ANATOMICAL_STRUCTURE, type=Code("99GRATA", "OPTIC_DISC_CUP", "Optic disc cup"),
 )
 FUNDUS_CLASSES = (OPTIC_DISC, OPTIC_CUP)
+
+# The anatomy of a fundus photo: one disc without holes, one cup inside it.
+FUNDUS_POSTPROCESS = (
+    PostprocessRule(segment="optic disc", largest_component=True, fill_holes=True),
+    PostprocessRule(segment="optic cup", inside="optic disc", largest_component=True, fill_holes=True),
+)

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROTOCOL_VERSION = 1
-EVENT_KINDS = ("start", "step", "output", "done", "error")
+EVENT_KINDS = ("start", "step", "postprocess", "output", "done", "error")
 LOG = "log"
 
 
@@ -127,6 +127,7 @@ class RunProgress:
     seconds: float | None = None
     error: dict[str, Any] | None = None
     version: int | None = None
+    postprocess: list[str] = field(default_factory=list)  # what the card's rules did, one text per segment
 
     def update(self, event: Event) -> None:
         kind = event.kind
@@ -150,6 +151,9 @@ class RunProgress:
             seconds = _number(event.get("seconds"))
             if seconds is not None and seconds >= 0:
                 self.step_seconds.append(seconds)
+        elif kind == "postprocess":
+            self.postprocess.extend(str(s.get("text", "")) for s in event.get("segments") or []
+                                    if isinstance(s, dict))
         elif kind == "output":
             self.outputs.append(dict(event.get("paths") or {}, input=event.get("input"),
                                      input_index=event.get("input_index")))

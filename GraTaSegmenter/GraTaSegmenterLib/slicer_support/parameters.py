@@ -48,6 +48,7 @@ class AdaptParameters:
     device: str = choices.DEFAULT_DEVICE
     seed: int = choices.DEFAULT_SEED
     uncertainty: bool = False
+    postprocess: bool = True  # the model card's anatomical rules
 
     def problems(self) -> list[str]:
         """Everything wrong, in words the user can act on (empty when valid)."""
@@ -133,6 +134,8 @@ def adapt_command(python: Sequence[str], input_path: str | os.PathLike, output_d
         cmd += ["--load-state", str(Path(load_state).absolute())]
     if params.uncertainty:
         cmd.append("--uncertainty")
+    if not params.postprocess:
+        cmd.append("--no-postprocess")
     if events:
         cmd.append("--events")
     if overwrite:
