@@ -29,7 +29,9 @@ def _samples(folder):
 
 def test_demo(tmp_path):
     samples = _samples(tmp_path / "samples")
-    model = tiny_2d_model(tmp_path / "m.safetensors")
+    from GraTaSegmenterLib.models.fundus import FUNDUS_POSTPROCESS
+
+    model = tiny_2d_model(tmp_path / "m.safetensors", postprocess=FUNDUS_POSTPROCESS)
     code, out, err = run_cli(["demo", "-o", tmp_path / "demo", "--samples", samples, "--model", model,
                               "--steps", "1", "--device", "cpu"])
     assert code == 0, err
@@ -37,6 +39,11 @@ def test_demo(tmp_path):
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text(encoding="utf-8"))
     assert summary["samples"] == 4 and set(summary["centres"]) == {"B", "C"}
     assert (tmp_path / "demo" / "summary.png").is_file()
+    # an untrained network gives debris: post-processing leaves at most one component per mask
+    comps = summary["mean_components_after"]
+    assert all(c <= 1 for c in comps["grata"]) and "connected components per mask" in out
+    assert "mean_dice_after_without_postprocessing" in summary
+    assert (tmp_path / "demo" / "grata-raw" / "phantom_B_0" / "segmentation.seg.nrrd").is_file()
     assert {p.name for p in (tmp_path / "demo" / "grata").iterdir()} == {"phantom_B_0", "phantom_B_1",
                                                                          "phantom_C_0", "phantom_C_1"}
     # a second run needs --overwrite

@@ -48,11 +48,12 @@ OBLIQUE_3D = tuple(rotation(0.2, -0.3, 0.4).ravel())
 OBLIQUE_2D = tuple(np.array([[math.cos(0.5), -math.sin(0.5)], [math.sin(0.5), math.cos(0.5)]]).ravel())
 
 
-def tiny_2d_model(path: Path, in_channels: int = 3, input_size=(32, 32), seed: int = 0) -> Path:
+def tiny_2d_model(path: Path, in_channels: int = 3, input_size=(32, 32), seed: int = 0, postprocess=()) -> Path:
     torch.manual_seed(seed)
     args = dict(spatial_dims=2, in_channels=in_channels, out_channels=2, channels=(4, 8))
     card = ModelCard(name="tiny fundus", architecture="unet", arguments=args, input_channels=in_channels,
-                     spatial_dims=2, output="sigmoid", classes=FUNDUS_CLASSES, input_size=input_size)
+                     spatial_dims=2, output="sigmoid", classes=FUNDUS_CLASSES, input_size=input_size,
+                     postprocess=tuple(postprocess))
     return save_model(UNet(**args), card, path)
 
 

@@ -7,7 +7,9 @@ source model as trained (method ``none``) and after GraTa adaptation (episodic:
 every sample starts from the source model); the Dice of disc and cup against the
 masks is printed per centre, and ``summary.png`` shows every sample with the
 reference, the before and the after contours. The full results are in
-``OUTDIR/none/<sample>/`` and ``OUTDIR/grata/<sample>/``.
+``OUTDIR/none/<sample>/`` and ``OUTDIR/grata/<sample>/``, both with the model
+card's post-processing; ``OUTDIR/grata-raw/`` is the same adaptation without it,
+and the connected components per mask are printed for both.
 """
 
 from __future__ import annotations
@@ -104,6 +106,12 @@ def _summary_picture(path: Path, rows: list[dict], colors) -> None:
     os.replace(tmp, path)
 
 
+def components(mask: np.ndarray) -> int:
+    from .postprocess import components as count
+
+    return count(mask)
+
+
 def run_demo(output: str | os.PathLike = "grata-demo", samples: str | None = None, model: str | None = None,
              steps: int = 10, device: str = "auto", overwrite: bool = False, seed: int = 0,
              print_to=None) -> dict:
@@ -116,26 +124,29 @@ def run_demo(output: str | os.PathLike = "grata-demo", samples: str | None = Non
     cases = find_samples(Path(samples) if samples else DEFAULT_SAMPLES)
     images = [image for _, image, _ in cases]
     results = {}
-    for method in ("none", "grata"):
-        opts = Options(model=model, method=method, steps=steps, device=device, seed=seed, overwrite=overwrite)
+    # grata-raw: the same adaptation without the card's post-processing, to show what it changes
+    for run, method, postprocess in (("none", "none", True), ("grata", "grata", True), ("grata-raw", "grata", False)):
+        opts = Options(model=model, method=method, steps=steps, device=device, seed=seed, overwrite=overwrite,
+                       postprocess=postprocess)
         segmenter = Segmenter(opts, progress=True)
-        if method == "none":
+        if run == "none":
             print(f"model: {segmenter.card.name} ({segmenter.model_path.name}); device: {segmenter.device_text}; "
                   f"{len(cases)} samples", file=out)
-        print(f"segmenting with method {method}" + (f", {steps} steps per sample" if method == "grata" else ""),
-              file=out, flush=True)
-        results[method] = segmenter.run(images, outdir / method)
+        print(f"segmenting with method {method}" + (f", {steps} steps per sample" if method == "grata" else "")
+              + ("" if postprocess else ", without post-processing"), file=out, flush=True)
+        results[run] = segmenter.run(images, outdir / run)
     colors = [c.color for c in segmenter.card.classes]
     rows, table = [], {}
     for i, (centre, image, mask) in enumerate(cases):
         reference = decode_reference(mask)
         row = {"name": image.stem, "centre": centre, "image": image, "reference": reference}
-        for method in ("none", "grata"):
+        for method in ("none", "grata", "grata-raw"):
             masks = _read_masks(results[method][i]["segmentation"])
             if masks.shape != reference.shape:
                 raise InputError(f"{mask.name} is {reference.shape[1:]} but {image.name} is {masks.shape[1:]}; "
                                  f"restore the samples folder")
             row[method], row[f"dice_{method}"] = masks, dice(masks, reference)
+            row[f"components_{method}"] = [components(m) for m in masks]
         rows.append(row)
         table.setdefault(centre, []).append(row)
     summary = {"samples": len(rows), "centres": {}}
@@ -150,10 +161,18 @@ def run_demo(output: str | os.PathLike = "grata-demo", samples: str | None = Non
               f"{after[1]:>9.1f}", file=out)
     before = np.mean([r["dice_none"] for r in rows]) * 100
     after = np.mean([r["dice_grata"] for r in rows]) * 100
+    raw = np.mean([r["dice_grata-raw"] for r in rows]) * 100
     summary["mean_dice_before"], summary["mean_dice_after"] = round(float(before), 2), round(float(after), 2)
-    print(f"mean Dice of disc and cup (%): {before:.1f} before, {after:.1f} after adaptation", file=out)
+    summary["mean_dice_after_without_postprocessing"] = round(float(raw), 2)
+    comps = {m: np.mean([r[f"components_{m}"] for r in rows], axis=0) for m in ("grata-raw", "grata")}
+    summary["mean_components_after"] = {m: [round(float(v), 2) for v in c] for m, c in comps.items()}
+    print(f"mean Dice of disc and cup (%): {before:.1f} before, {after:.1f} after adaptation "
+          f"({raw:.1f} without post-processing)", file=out)
+    print(f"connected components per mask after adaptation (disc, cup): {comps['grata-raw'][0]:.1f}, "
+          f"{comps['grata-raw'][1]:.1f} without post-processing; {comps['grata'][0]:.1f}, {comps['grata'][1]:.1f} "
+          f"with it", file=out)
     with disk_errors(outdir):
         _summary_picture(outdir / "summary.png", rows, colors)
         (outdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    print(f"results: {outdir} (summary.png, none/, grata/)", file=out)
+    print(f"results: {outdir} (summary.png, none/, grata/, grata-raw/)", file=out)
     return summary
