@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from GraTaSegmenterLib import fundus_layout
-from GraTaSegmenterLib.evaluation import evaluate_stream, segmentation_metrics
+from GraTaSegmenterLib.evaluation import evaluate_stream, image_metrics, segmentation_metrics
 from GraTaSegmenterLib.models import load_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -56,7 +56,10 @@ def test_none_reproduces_the_source_model(fundus_model_file):
     for image, mask, result in zip(images, masks, run.images):
         with torch.no_grad():
             pred = torch.sigmoid(model(torch.from_numpy(image)[None]))[0] > 0.5
-        np.testing.assert_equal(result.metrics, segmentation_metrics(pred, torch.from_numpy(mask).bool()))
+        expected = image_metrics(pred, torch.from_numpy(mask).bool(), model.card)
+        np.testing.assert_equal(result.metrics, expected)
+        scores = segmentation_metrics(pred, torch.from_numpy(mask).bool())
+        assert {k: result.metrics[k] for k in scores} == pytest.approx(scores, nan_ok=True)
 
 
 def test_continual_carries_and_episodic_resets(fundus_model_file):

@@ -12,7 +12,7 @@ SIZE = 128
 
 
 def test_centres_are_profiles():
-    assert sorted(CENTRES) == ["A", "B", "C", "D", "E"]
+    assert sorted(CENTRES) == ["A", "B", "C", "D", "E", "F", "G", "H"]
     for name, p in CENTRES.items():
         assert isinstance(p, AcquisitionProfile) and p.name == name
         assert np.asarray(p.colour_matrix).shape == (3, 3)
@@ -94,7 +94,7 @@ def test_mask_matches_visible_disc():
 
 
 @pytest.mark.parametrize("kwargs, word", [
-    (dict(centre="F", count=1), "A, B, C, D, E"),
+    (dict(centre="Z", count=1), "A, B, C, D, E, F, G, H"),
     (dict(centre="a", count=1), "choose one of"),
     (dict(centre="A", count=0), "count"),
     (dict(centre="A", count=1.5), "count"),
@@ -111,11 +111,47 @@ def test_argument_validation(kwargs, word):
 
 def test_windowed_masks_equal_full_grid():
     """Masks are computed in a window around the disc; nothing is cut off."""
-    for c in "ABCDE":
+    for c in sorted(CENTRES):
         for i in range(3):
-            rng_anat, _ = phantom._rngs(c, 0, i)
+            rng_anat, _, _ = phantom._rngs(c, 0, i)
             anatomy = phantom._make_anatomy(rng_anat, CENTRES[c])
             x, y = phantom._axes(SIZE)
             dl = anatomy.disc_level(x, y)
             full = np.stack([dl <= 1.0, anatomy.cup_level(x, y, dl) <= 1.0]).astype(np.uint8)
             assert np.array_equal(phantom._masks(anatomy, SIZE), full)
+
+
+# Fingerprints of centres A-E (seed 5, 3 images, 128 px) before centres F-H were added:
+# the new centres must not change a single pixel of the old ones (benchmarks stay comparable).
+FINGERPRINTS = {"A": "f4e06f260bf66469", "B": "9d5c3409df871f04", "C": "9ff0ec22a4bb8281",
+                "D": "76802eb211fb2d28", "E": "0c6449b55970f41b"}
+
+
+@pytest.mark.parametrize("centre", sorted(FINGERPRINTS))
+def test_old_centres_are_bit_identical(centre):
+    import hashlib
+
+    images, masks = render(centre, 3, seed=5, size=128)
+    assert hashlib.sha256(images.tobytes() + masks.tobytes()).hexdigest()[:16] == FINGERPRINTS[centre]
+
+
+def test_local_centres_keep_the_source_colour_but_not_its_local_look():
+    """F-H differ from A where per-image statistics cannot see it: colour means stay close to A's,
+    while F's illumination varies across the image, G has bright lesions outside the disc and H's
+    discs are smaller and further from the centre."""
+    a_img, a_mask = render("A", 8, seed=3, size=SIZE)
+    for c in "FGH":
+        img, _ = render(c, 8, seed=3, size=SIZE)
+        assert np.abs(img.mean(axis=(0, 2, 3)) - a_img.mean(axis=(0, 2, 3))).max() < 0.12, c
+    f_img, _ = render("F", 8, seed=3, size=SIZE)
+    quad = lambda im: im.reshape(8, 3, 2, SIZE // 2, 2, SIZE // 2).mean(axis=(1, 3, 5))  # noqa: E731
+    assert quad(f_img).std(axis=(1, 2)).mean() > 1.5 * quad(a_img).std(axis=(1, 2)).mean()
+    g_img, g_mask = render("G", 8, seed=3, size=SIZE)
+    pale = lambda im, m: ((im[:, 2] > 0.56) & (m[:, 0] == 0)).sum()  # noqa: E731 (disc-like pallor outside it)
+    assert pale(g_img, g_mask) > 10 * max(1, pale(a_img, a_mask))
+    h_img, h_mask = render("H", 8, seed=3, size=SIZE)
+    assert h_mask[:, 0].mean() < 0.6 * a_mask[:, 0].mean()
+    ys, xs = np.mgrid[:SIZE, :SIZE]
+    offset = lambda m: np.mean([np.hypot((ys * k).sum() / k.sum() - SIZE / 2, (xs * k).sum() / k.sum() - SIZE / 2)
+                                for k in m[:, 0].astype(float)])  # noqa: E731
+    assert offset(h_mask) > 2 * offset(a_mask)

@@ -41,8 +41,8 @@ def csv_names(root: Path, dataset: str) -> list[str]:
     return split or [f"{dataset}.csv"]
 
 
-def export_phantom(root: Path, count: int, size: int = 512) -> None:
-    for centre in "ABCDE":
+def export_phantom(root: Path, count: int, size: int = 512, centres: str = "ABCDE") -> None:
+    for centre in centres:
         if not (root / f"Phantom_{centre}_test.csv").exists():
             fundus_layout.export_centre(root, centre, "test", count, seed=PHANTOM_SEED, size=size)
             print(f"exported phantom centre {centre}: {count} images", flush=True)
@@ -63,9 +63,15 @@ def markdown_tables(paper: list[dict], episodic: list[dict], source_row: dict | 
         targets = list(dict.fromkeys(r["target"] for r in paper))
         methods = list(dict.fromkeys(r["method"] for r in paper))
         cell = {(r["target"], r["method"]): r["summary"] for r in paper}
-        for metric, title in (("mean_dice", "Mean of disc and cup Dice (%)"), ("disc_dice", "Disc Dice (%)"),
-                              ("cup_dice", "Cup Dice (%)"), ("disc_asd", "Disc ASD (px)"),
-                              ("cup_asd", "Cup ASD (px)")):
+        metrics = [("mean_dice", "Mean of disc and cup Dice (%)"), ("disc_dice", "Disc Dice (%)"),
+                   ("cup_dice", "Cup Dice (%)"), ("disc_asd", "Disc ASD (px)"), ("cup_asd", "Cup ASD (px)"),
+                   ("disc_components", "Disc connected components per mask"),
+                   ("cup_components", "Cup connected components per mask")]
+        if all("pp_mean_dice" in c for c in cell.values()):
+            metrics += [("pp_" + k, t + ", with post-processing") for k, t in metrics]
+        for metric, title in metrics:
+            if not all(metric in c for c in cell.values()):
+                continue  # results of an older run
             out.append(f"### {title}, paper protocol (continual, 1 step per image)\n")
             out.append("| method | " + " | ".join(targets) + " | mean over targets |")
             out.append("|---|" + "---:|" * (len(targets) + 1))
@@ -82,17 +88,20 @@ def markdown_tables(paper: list[dict], episodic: list[dict], source_row: dict | 
                        f"disc {fmt(source_row['disc_dice'])}, cup {fmt(source_row['cup_dice'])}.\n")
     if episodic:
         steps = sorted({s for r in episodic for s in r["by_steps"]}, key=int)
-        out.append("### Mean Dice (%) over all targets, episodic protocol (reset per image)\n")
-        out.append("| method | " + " | ".join(f"{s} steps" for s in steps) + " |")
-        out.append("|---|" + "---:|" * len(steps))
-        for m in dict.fromkeys(r["method"] for r in episodic):
-            row = []
-            for s in steps:
-                values = [r["by_steps"][s]["mean_dice"]["mean"] for r in episodic
-                          if r["method"] == m and s in r["by_steps"]]
-                row.append(f"{np.mean(values):.2f}" if values else "-")
-            out.append(f"| {m} | " + " | ".join(row) + " |")
-        out.append("")
+        for key, title in (("mean_dice", ""), ("pp_mean_dice", ", with post-processing")):
+            if not all(key in v for r in episodic for v in r["by_steps"].values()):
+                continue
+            out.append(f"### Mean Dice (%) over all targets, episodic protocol (reset per image){title}\n")
+            out.append("| method | " + " | ".join(f"{s} steps" for s in steps) + " |")
+            out.append("|---|" + "---:|" * len(steps))
+            for m in dict.fromkeys(r["method"] for r in episodic):
+                row = []
+                for s in steps:
+                    values = [r["by_steps"][s][key]["mean"] for r in episodic
+                              if r["method"] == m and s in r["by_steps"]]
+                    row.append(f"{np.mean(values):.2f}" if values else "-")
+                out.append(f"| {m} | " + " | ".join(row) + " |")
+            out.append("")
     return "\n".join(out)
 
 

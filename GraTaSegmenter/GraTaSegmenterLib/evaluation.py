@@ -12,7 +12,10 @@ Two protocols:
 
 Metrics per image and class (disc = channel 0, cup = channel 1) after
 thresholding the sigmoid at 0.5: Dice (%) and the symmetric average surface
-distance (pixels, at the evaluated resolution), both from MONAI.
+distance (pixels, at the evaluated resolution), both from MONAI, and the number
+of connected components of each mask. When the model card has post-processing
+rules, the same metrics are also computed on the post-processed masks (keys
+prefixed ``pp_``), from the same prediction: every method gets the same rules.
 """
 
 from __future__ import annotations
@@ -86,15 +89,32 @@ class RunResult:
             out[key] = {"mean": float(finite.mean()) if finite.size else float("nan"),
                         "std": float(finite.std()) if finite.size else float("nan"),
                         "n": int(finite.size), "n_total": int(values.size)}
-        if "disc_dice" in out and "cup_dice" in out:
-            mean = [(r["disc_dice"] + r["cup_dice"]) / 2 for r in rows]
-            out["mean_dice"] = {"mean": float(np.mean(mean)), "std": float(np.std(mean)), "n": len(mean),
-                                "n_total": len(mean)}
+        for prefix in ("", "pp_"):
+            if f"{prefix}disc_dice" in out and f"{prefix}cup_dice" in out:
+                mean = [(r[f"{prefix}disc_dice"] + r[f"{prefix}cup_dice"]) / 2 for r in rows]
+                out[f"{prefix}mean_dice"] = {"mean": float(np.mean(mean)), "std": float(np.std(mean)),
+                                             "n": len(mean), "n_total": len(mean)}
         return out
 
 
 def _predict_binary(method, x: torch.Tensor) -> torch.Tensor:
     return (torch.sigmoid(method.predict(x)) > 0.5)[0].cpu()
+
+
+def image_metrics(pred: torch.Tensor, target: torch.Tensor, card=None) -> dict[str, float]:
+    """Dice, distance and components of a prediction; with the card's post-processing
+    rules, the same of the post-processed prediction under ``pp_`` keys."""
+    from .postprocess import apply, components
+
+    out = segmentation_metrics(pred, target)
+    for k, name in enumerate(CLASS_NAMES[: pred.shape[0]]):
+        out[f"{name}_components"] = float(components(pred[k].numpy()))
+    if card is not None and card.postprocess:
+        post, _report = apply(pred.numpy(), card.classes, card.postprocess, (1.0,) * (pred.ndim - 1))
+        post = torch.from_numpy(post).bool()
+        for key, value in image_metrics(post, target).items():
+            out["pp_" + key] = value
+    return out
 
 
 def evaluate_stream(model_path, method_key: str, images: Sequence[np.ndarray], masks: Sequence[np.ndarray],
@@ -122,7 +142,8 @@ def evaluate_stream(model_path, method_key: str, images: Sequence[np.ndarray], m
                 record.update(image=i, name=case)
                 result.records.append(record)
                 done += 1
-            image_result = ImageResult(i, case, checkpoint, segmentation_metrics(_predict_binary(method, x), y))
+            image_result = ImageResult(i, case, checkpoint,
+                                       image_metrics(_predict_binary(method, x), y, getattr(method.model, "card", None)))
             result.images.append(image_result)
             if on_image:
                 on_image(image_result)

@@ -76,6 +76,16 @@ class AcquisitionProfile:
         vignetting: relative darkening at the crop corners.
         illumination_gradient: amplitude of a linear illumination ramp in a
             random direction (uneven flash / pupil).
+        illumination_field: amplitude of a smooth, spatially varying (not
+            linear) illumination field: bright and dark patches of a small
+            pupil or a hand-held camera. Per-image statistics cannot undo it.
+        reflections: number of specular reflections (whitish sheen along the
+            vessels and the disc, typical of young eyes).
+        lesions: number of bright exudate-like and dark haemorrhage-like spots,
+            some near the disc (bright ones have the cup's pallor).
+        eyelash_shadow: darkness of a soft shadow band across one border.
+        disc_offset: how far the disc centre may lie from the crop centre (in
+            half widths); None: 0.08, as at centre A.
     """
 
     name: str
@@ -93,6 +103,11 @@ class AcquisitionProfile:
     jpeg_quality: int | None
     vignetting: float
     illumination_gradient: float
+    illumination_field: float = 0.0
+    reflections: int = 0
+    lesions: int = 0
+    eyelash_shadow: float = 0.0
+    disc_offset: float | None = None
 
     def __post_init__(self):
         if self.noise_type not in _NOISE_TYPES:
@@ -142,6 +157,30 @@ CENTRES: MappingProxyType = MappingProxyType({
         brightness=0.0, contrast=1.2, gamma=0.88,
         blur_sigma=1.0, noise_type="gaussian", noise_level=0.025,
         jpeg_quality=70, vignetting=0.38, illumination_gradient=0.15),
+    # F-H: shifts that differ from A in where they act, not in the image's global statistics, so
+    # that re-estimating BatchNorm statistics cannot undo them (docs/phantom.md has the rationale).
+    "F": AcquisitionProfile(
+        name="F", spirit="hand-held, non-mydriatic camera through a small pupil: uneven, patchy "
+                         "illumination (bright crescent, dark sectors); colour as at A",
+        shift="local (illumination)", native_size=448, magnification=1.0,
+        colour_matrix=_IDENTITY, brightness=0.0, contrast=1.0, gamma=1.0,
+        blur_sigma=0.6, noise_type="gaussian", noise_level=0.012,
+        jpeg_quality=85, vignetting=0.30, illumination_gradient=0.45, illumination_field=0.45),
+    "G": AcquisitionProfile(
+        name="G", spirit="screening programme photos: specular reflections of young eyes, exudates and "
+                         "haemorrhages of diabetic retinopathy, an eyelash shadow; colour as at A",
+        shift="local (artefacts)", native_size=512, magnification=1.0,
+        colour_matrix=_IDENTITY, brightness=0.0, contrast=1.0, gamma=1.0,
+        blur_sigma=0.4, noise_type="gaussian", noise_level=0.010,
+        jpeg_quality=90, vignetting=0.08, illumination_gradient=0.06,
+        reflections=6, lesions=14, eyelash_shadow=0.55),
+    "H": AcquisitionProfile(
+        name="H", spirit="wide-field camera, macula-centred crops: small discs away from the centre; "
+                         "colour as at A",
+        shift="geometric (field of view)", native_size=512, magnification=0.6,
+        colour_matrix=_IDENTITY, brightness=0.0, contrast=1.0, gamma=1.0,
+        blur_sigma=0.5, noise_type="gaussian", noise_level=0.008,
+        jpeg_quality=None, vignetting=0.10, illumination_gradient=0.06, disc_offset=0.35),
 })
 _CENTRE_INDEX = {name: k for k, name in enumerate(sorted(CENTRES))}
 
@@ -159,7 +198,10 @@ def describe(centre: str) -> str:
         f"contrast {p.contrast:.2f}, gamma {p.gamma:.2f}",
         f"  blur sigma {p.blur_sigma:.1f} px, {p.noise_type} noise {p.noise_level:.3f}, {jpeg}",
         f"  vignetting {p.vignetting:.2f}, illumination gradient {p.illumination_gradient:.2f}",
-    ])
+    ] + ([f"  illumination field {p.illumination_field:.2f}, {p.reflections} reflections, {p.lesions} lesions, "
+          f"eyelash shadow {p.eyelash_shadow:.2f}, disc offset up to "
+          f"{0.08 if p.disc_offset is None else p.disc_offset:.2f}"]
+         if (p.illumination_field or p.reflections or p.lesions or p.eyelash_shadow or p.disc_offset) else []))
 
 
 def _profile(centre) -> AcquisitionProfile:
@@ -248,10 +290,11 @@ def _make_anatomy(rng: np.random.Generator, profile: AcquisitionProfile) -> _Ana
     # Disc diameter 25-45 % of the crop at magnification 1 (radius in units of
     # the half width), scaled by the site's magnification.
     radius = rng.uniform(0.25, 0.45) * profile.magnification
-    radius = float(np.clip(radius, 0.16, 0.55))
+    radius = float(np.clip(radius, 0.16 if profile.magnification >= 0.75 else 0.1, 0.55))
     elong = rng.uniform(1.02, 1.14)  # discs are slightly taller than wide
     a, b = radius / math.sqrt(elong), radius * math.sqrt(elong)
-    disc = _Shape(cx=float(rng.uniform(-0.08, 0.08)), cy=float(rng.uniform(-0.08, 0.08)),
+    lim = 0.08 if profile.disc_offset is None else float(profile.disc_offset)
+    disc = _Shape(cx=float(rng.uniform(-lim, lim)), cy=float(rng.uniform(-lim, lim)),
                   a=a, b=b, tilt=float(rng.uniform(-0.2, 0.2)),
                   harmonics=_harmonics(rng, 4, 0.035))
 
@@ -464,6 +507,50 @@ def _shade(anatomy: _Anatomy, rng, n: int) -> np.ndarray:
     return img
 
 
+def _spot(n: int, cx: float, cy: float, rx: float, ry: float, angle: float, x, y) -> np.ndarray:
+    """Soft elliptical spot (opacity in [0, 1]) centred at (cx, cy), radii in half widths."""
+    c, s = math.cos(angle), math.sin(angle)
+    u = (c * (x - cx) + s * (y - cy)) / rx
+    v = (-s * (x - cx) + c * (y - cy)) / ry
+    return np.clip(1.5 - (u * u + v * v), 0.0, 1.0).astype(np.float32) ** 1.5
+
+
+def _artefacts(img: np.ndarray, anatomy: _Anatomy, profile: AcquisitionProfile, rng) -> None:
+    """In place, before the camera: reflections, lesions, an eyelash shadow (centres G-H).
+    The masks are unchanged: none of them is disc or cup."""
+    n = img.shape[1]
+    x, y = _axes(n)
+    d = anatomy.disc
+    for _ in range(profile.reflections):
+        # a thin bright sheen along an arc around the disc or along a vessel
+        r = rng.uniform(1.3, 3.0) * max(d.a, d.b)
+        t = rng.uniform(0.0, 2.0 * math.pi)
+        cx, cy = d.cx + r * math.cos(t), d.cy + r * math.sin(t)
+        alpha = 0.75 * _spot(n, cx, cy, rng.uniform(0.08, 0.22), rng.uniform(0.01, 0.03), t + math.pi / 2, x, y)
+        _blend(img, alpha, (0.98, 0.93, 0.88))
+    for k in range(profile.lesions):
+        bright = k % 2 == 0
+        if k < profile.lesions // 3:  # some near the disc, where they look like pallor of the cup
+            r, t = rng.uniform(1.15, 1.8) * max(d.a, d.b), rng.uniform(0.0, 2.0 * math.pi)
+            cx, cy = d.cx + r * math.cos(t), d.cy + r * math.sin(t)
+        else:
+            cx, cy = rng.uniform(-0.9, 0.9), rng.uniform(-0.9, 0.9)
+        size = rng.uniform(0.015, 0.05)
+        alpha = (0.9 if bright else 0.8) * _spot(n, cx, cy, size, size * rng.uniform(0.6, 1.4),
+                                                 rng.uniform(0, math.pi), x, y)
+        _blend(img, alpha, (1.0, 0.92, 0.62) if bright else (0.35, 0.05, 0.03))
+    if profile.eyelash_shadow:
+        t = rng.uniform(0.0, 2.0 * math.pi)
+        along = math.cos(t) * x + math.sin(t) * y  # distance towards one border
+        across = -math.sin(t) * x + math.cos(t) * y
+        band = np.clip((along - 0.45) / 0.35, 0.0, 1.0).astype(np.float32)
+        # out-of-focus lashes: soft stripes running towards the border
+        streaks = (0.55 + 0.45 * np.sin(across * rng.uniform(25.0, 40.0) + rng.uniform(0, math.pi)) ** 2)
+        shadow = (profile.eyelash_shadow * band * streaks).astype(np.float32)
+        for c in range(3):
+            img[c] *= 1.0 - shadow
+
+
 # --------------------------------------------------------------------------
 # Acquisition chain
 # --------------------------------------------------------------------------
@@ -489,6 +576,10 @@ def _acquire(img: np.ndarray, profile: AcquisitionProfile, rng, size: int) -> np
     phi = rng.uniform(0.0, 2.0 * math.pi)
     light = (1.0 + profile.illumination_gradient * (math.cos(phi) * x + math.sin(phi) * y)) \
         * (1.0 - profile.vignetting * 0.5 * (x * x + y * y))
+    if profile.illumination_field:
+        field = _smooth_noise(rng, 4, n)
+        field = field / max(float(np.abs(field).max()), 1e-6)
+        light = light * np.clip(1.0 + profile.illumination_field * field, 0.15, None)
     m = np.asarray(profile.colour_matrix, np.float32)
     chans = []
     for c in range(3):
@@ -542,16 +633,16 @@ def _masks(anatomy: _Anatomy, size: int) -> np.ndarray:
     return masks
 
 
-def _rngs(centre: str, seed: int, index: int) -> tuple[np.random.Generator, np.random.Generator]:
-    """Independent anatomy and acquisition generators for one image.
+def _rngs(centre: str, seed: int, index: int) -> tuple[np.random.Generator, ...]:
+    """Independent anatomy, acquisition and artefact generators for one image.
 
     Seeded by (seed, centre, index) only, so image i does not depend on how
     many images are rendered; different centres see different eyes (no
     anatomy is shared between a training and a test centre).
     """
     ss = np.random.SeedSequence([int(seed), _CENTRE_INDEX[centre], int(index)])
-    a, b = ss.spawn(2)
-    return np.random.default_rng(a), np.random.default_rng(b)
+    a, b, c = ss.spawn(3)  # the first two children are those of spawn(2): centres A-E are unchanged
+    return np.random.default_rng(a), np.random.default_rng(b), np.random.default_rng(c)
 
 
 def render(centre: str, count: int, seed: int = 0, size: int = 512) -> tuple[np.ndarray, np.ndarray]:
@@ -575,9 +666,10 @@ def render(centre: str, count: int, seed: int = 0, size: int = 512) -> tuple[np.
     masks = np.empty((count, 2, size, size), np.uint8)
 
     def one(i: int) -> None:
-        rng_anat, rng_acq = _rngs(centre, seed, i)
+        rng_anat, rng_acq, rng_art = _rngs(centre, seed, i)
         anatomy = _make_anatomy(rng_anat, profile)
         scene = _shade(anatomy, rng_anat, profile.native_size)
+        _artefacts(scene, anatomy, profile, rng_art)
         rgb = _acquire(scene, profile, rng_acq, size)
         images[i] = rgb.transpose(2, 0, 1) * np.float32(1.0 / 255.0)
         masks[i] = _masks(anatomy, size)
