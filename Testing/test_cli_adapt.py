@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from GraTaSegmenterLib import imageio
 from GraTaSegmenterLib.models.fundus import FUNDUS_CLASSES
 from test_cli_support import (OBLIQUE_2D, assert_same_geometry, assert_slicer_reads, checksum, fundus_like, parse_events, 
-                              run_cli, set_geometry, SOFTMAX_CLASSES, tiny_2d_model, tiny_3d_model, volume, write_picture,
+                              run_cli, set_geometry, SOFTMAX_CLASSES, write_dicom_series, tiny_2d_model, tiny_3d_model, volume, write_picture,
                               write_volume)
 
 
@@ -111,22 +111,7 @@ def test_rgb_vector_volume(tmp_path, model2d):
 
 
 def test_dicom_series_folder(tmp_path, model2d):
-    series = tmp_path / "series"
-    series.mkdir()
-    vol = volume((4, 20, 24), constant_first=False).astype(np.int16)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    uid = "1.2.826.0.1.3680043.2.1125.1.1234567890"
-    for k in range(vol.shape[0]):
-        sl = sitk.GetImageFromArray(vol[k])
-        for tag, value in [("0008|0060", "CT"), ("0020|000d", uid + ".1"), ("0020|000e", uid + ".2"),
-                           ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"), ("0008|0018", f"{uid}.3.{k}"),
-                           ("0020|0013", str(k + 1)), ("0020|0037", "1\\0\\0\\0\\1\\0"),
-                           ("0020|0032", f"-10\\20\\{5 + 2.5 * k}"), ("0028|0030", "0.8\\0.6"),
-                           ("0018|0050", "2.5")]:
-            sl.SetMetaData(tag, value)
-        writer.SetFileName(str(series / f"slice{k:03d}.dcm"))
-        writer.Execute(sl)
+    series = write_dicom_series(tmp_path / "series")
     before = checksum(series)
     _adapt([series], tmp_path / "out", model2d)
     assert checksum(series) == before

@@ -114,7 +114,7 @@ def checksum(path: Path) -> str:
     digest = hashlib.sha256()
     files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
     for f in files:
-        digest.update(f.name.encode())
+        digest.update(os.fsencode(f.name))
         digest.update(f.read_bytes())
     return digest.hexdigest()
 
@@ -188,3 +188,23 @@ def _terms():
     if not _TERMS_CACHE:
         _TERMS_CACHE.append(terminology_logic())
     return _TERMS_CACHE[0]
+
+
+def write_dicom_series(series: Path, slices: int = 4) -> Path:
+    """A CT series of ``slices`` files (20 x 24, 0.8 x 0.6 mm, 2.5 mm apart) in ``series``."""
+    series.mkdir(parents=True)
+    vol = volume((slices, 20, 24), constant_first=False).astype(np.int16)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    uid = "1.2.826.0.1.3680043.2.1125.1.1234567890"
+    for k in range(vol.shape[0]):
+        sl = sitk.GetImageFromArray(vol[k])
+        for tag, value in [("0008|0060", "CT"), ("0020|000d", uid + ".1"), ("0020|000e", uid + ".2"),
+                           ("0008|0016", "1.2.840.10008.5.1.4.1.1.2"), ("0008|0018", f"{uid}.3.{k}"),
+                           ("0020|0013", str(k + 1)), ("0020|0037", "1\\0\\0\\0\\1\\0"),
+                           ("0020|0032", f"-10\\20\\{5 + 2.5 * k}"), ("0028|0030", "0.8\\0.6"),
+                           ("0018|0050", "2.5")]:
+            sl.SetMetaData(tag, value)
+        writer.SetFileName(str(series / f"slice{k:03d}.dcm"))
+        writer.Execute(sl)
+    return series

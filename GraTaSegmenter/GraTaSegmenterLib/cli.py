@@ -102,7 +102,7 @@ def _add_adapt(sub) -> None:
                         "carries over from one input to the next, in the given order (default %(default)s)")
     p.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=DEVICES,
                    help="auto: cuda if available, else mps, else cpu")
-    p.add_argument("--seed", type=int, default=choices.DEFAULT_SEED, help="random seed (default %(default)s)")
+    p.add_argument("--seed", type=_seed, default=choices.DEFAULT_SEED, help="random seed (default %(default)s)")
     _add_threads(p)
     p.add_argument("--precision", default=choices.DEFAULT_PRECISION, choices=PRECISIONS)
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
@@ -121,15 +121,34 @@ def _add_adapt(sub) -> None:
 
 
 def _add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--threads", type=_thread_count, default=None, metavar="N",
                    help="CPU threads for torch (default: one per core). On a machine shared with other busy "
                         "programs, fewer threads can be much faster: idle threads spin against the others")
+
+
+MAX_SEED = 2**32 - 1  # what numpy's and torch's generators take without overflow
+MAX_THREADS = 256  # more threads than this only fail to start ("libgomp: Thread creation failed")
 
 
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _thread_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, not {value} (this machine has "
+                                         f"{os.cpu_count()} cores)")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 0 to {MAX_SEED}, not {value}")
     return value
 
 
@@ -149,7 +168,7 @@ def _add_demo(sub) -> None:
     p.add_argument("--steps", type=int, default=choices.DEFAULT_STEPS,
                    help="adaptation steps per sample (default %(default)s)")
     p.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=DEVICES)
-    p.add_argument("--seed", type=int, default=choices.DEFAULT_SEED)
+    p.add_argument("--seed", type=_seed, default=choices.DEFAULT_SEED)
     _add_threads(p)
     p.add_argument("--no-postprocess", action="store_true",
                    help="keep the network's masks as they are, without the model card's anatomical rules "

@@ -85,14 +85,14 @@ def validate(obj: Any) -> list[str]:
     return problems
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     """JSON has no NaN or Infinity: write them as null."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -104,7 +104,7 @@ class EventWriter:
         self.check = check
 
     def __call__(self, event: str, **fields: Any) -> dict[str, Any]:
-        obj = {"event": event, "time": time.time(), **_clean(fields)}
+        obj = {"event": event, "time": time.time(), **json_safe(fields)}
         if self.check:
             problems = validate(obj)
             if problems:

@@ -103,15 +103,31 @@ def _first_line(exc: BaseException) -> str:
     return useful[-1][:200] if useful else type(exc).__name__
 
 
+def check_readable_path(path: Path) -> None:
+    """Refuse, before any reader sees it, what would crash or hang one: a name that
+    is not valid UTF-8 (SimpleITK aborts the process on it) and anything that is
+    neither a regular file nor a folder (a named pipe blocks the reader for ever)."""
+    try:
+        os.fsencode(path).decode("utf-8")
+    except UnicodeDecodeError:
+        shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+        raise InputError(f"{shown}: the file name is not valid UTF-8, which the image readers cannot open; "
+                         f"rename the file (or its folder)") from None
+    if not path.exists():
+        raise InputError(f"{path} does not exist; check the path")
+    if not (path.is_file() or path.is_dir()):
+        raise InputError(f"{path} is not a regular file (a pipe, socket or device); give an image file or a "
+                         f"DICOM folder")
+
+
 def read_image(path: str | os.PathLike) -> LoadedImage:
     """Read an input; raise :class:`InputError` saying what to do when it cannot be used."""
     path = Path(path)
+    check_readable_path(path)
     if path.is_dir():
         image = _read_dicom_series(path)
         kind, suffix = "dicom", ""
     else:
-        if not path.exists():
-            raise InputError(f"{path} does not exist; check the path")
         suffix = suffix_of(path)
         if suffix not in SUPPORTED:
             raise InputError(f"{path.name}: {suffix or 'files without a suffix'} is not a supported format; "

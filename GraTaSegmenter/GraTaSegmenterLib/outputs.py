@@ -128,12 +128,17 @@ class StagedFolder:
 
 
 def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    """One JSON object per line; a non-finite number becomes null, as in the events."""
+    from .events import json_safe
+
     with open(path, "w", encoding="utf-8") as f:
         for record in records:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
 
 
 def write_json(path: Path, value: Any) -> None:
+    from .events import json_safe
+
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(value, f, indent=1)
+        json.dump(json_safe(value), f, indent=1, allow_nan=False)
         f.write("\n")

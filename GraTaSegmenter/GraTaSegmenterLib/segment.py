@@ -490,12 +490,16 @@ def check_inputs_and_targets(inputs: Sequence[Path], names: Sequence[str], outdi
     if not inputs:
         raise ConfigurationError("no input given; name at least one image, volume or DICOM folder")
     for p in inputs:
-        if not p.exists():
-            raise InputError(f"{p} does not exist; check the path")
+        imageio.check_readable_path(p)
         if p.is_file() and imageio.suffix_of(p) not in imageio.SUPPORTED:
             raise InputError(f"{p.name}: {imageio.suffix_of(p) or 'files without a suffix'} is not a supported "
                              f"format; use PNG, JPEG, TIFF, BMP, NRRD, NIfTI, MHA/MHD or a DICOM series folder")
     resolved = [p.resolve() for p in inputs]
+    out_resolved = outdir.resolve()
+    for p in resolved:
+        if p.is_dir() and (out_resolved == p or p in out_resolved.parents):
+            raise ConfigurationError(f"the output folder {outdir} is inside the DICOM folder {p}, which would "
+                                     f"change the input; choose an output folder outside it (-o)")
     for name in names:
         target = outputs.check_target(outdir, name, overwrite).resolve()
         for p in resolved:

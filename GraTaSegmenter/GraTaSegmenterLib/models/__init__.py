@@ -105,7 +105,26 @@ def _strict_load(net: nn.Module, state: dict[str, torch.Tensor], path: Path) -> 
     if problems:
         raise ModelFileError(f"{path.name} does not match the network it describes ("
                              + "; ".join(problems) + "). The file is incomplete or for another network.")
+    _check_values(state, path)
     net.load_state_dict(state, strict=True)
+
+
+def _check_values(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Weights a network can compute with: floating point, finite, variances not negative.
+    A NaN weight would make every adaptation step 'skipped' and every mask empty."""
+    integer = sorted(k for k, v in state.items() if not torch.is_floating_point(v)
+                     and not k.endswith("num_batches_tracked"))
+    nonfinite = sorted(k for k, v in state.items() if torch.is_floating_point(v) and not bool(torch.isfinite(v).all()))
+    negative = sorted(k for k, v in state.items() if k.endswith("running_var") and torch.is_floating_point(v)
+                      and bool((v < 0).any()))
+    problems = []
+    for label, keys in (("not floating point", integer), ("NaN or infinite values", nonfinite),
+                        ("negative variances", negative)):
+        if keys:
+            problems.append(f"{label} in {', '.join(keys[:5])}" + (f" ... ({len(keys)} in all)" if len(keys) > 5 else ""))
+    if problems:
+        raise ModelFileError(f"{path.name} holds weights the network cannot use (" + "; ".join(problems)
+                             + "). The file is damaged; download or export it again.")
 
 
 def _read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,157 @@
+"""Hostile inputs, model files and options (issue: the command line under hostile
+input): each case runs ``adapt --events`` in a child process (so a case that would
+crash or hang the reader cannot take the test run with it) and asserts exit 2,
+exactly one ``error`` event, last, whose message is stderr's, nothing partial on
+disk and the inputs unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from GraTaSegmenterLib.slicer_support.parameters import engine_environment
+from test_cli_support import checksum, fundus_like, parse_events, tiny_2d_model, write_picture
+
+MODULE_DIR = Path(__file__).resolve().parents[1] / "GraTaSegmenter"
+
+
+@pytest.fixture(scope="module")
+def model2d(tmp_path_factory):
+    return tiny_2d_model(tmp_path_factory.mktemp("models") / "tiny2d.safetensors")
+
+
+def run_child(args, timeout=120):
+    """``python -m GraTaSegmenterLib.cli`` with bytes arguments allowed (file names that are not UTF-8)."""
+    command = [os.fsencode(sys.executable), b"-m", b"GraTaSegmenterLib.cli",
+               *[a if isinstance(a, bytes) else os.fsencode(str(a)) for a in args]]
+    proc = subprocess.run(command, capture_output=True, timeout=timeout,
+                          env=engine_environment(os.environ, MODULE_DIR))
+    return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+
+
+def assert_refused(args, inputs, outdir, kind, contains):
+    before = {p: checksum(Path(os.fsdecode(p))) for p in inputs
+              if Path(os.fsdecode(p)).is_file() or Path(os.fsdecode(p)).is_dir()}
+    code, out, err = run_child(args)
+    assert code == 2, (code, err)
+    events = parse_events(out)
+    assert [e["event"] for e in events].count("error") == 1 and events[-1]["event"] == "error", events
+    assert events[-1]["kind"] == kind, events[-1]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("grata-segmenter: error: ") and events[-1]["message"] in last, err
+    assert contains in last, last
+    for p, digest in before.items():
+        assert checksum(Path(os.fsdecode(p))) == digest
+    outdir = Path(os.fsdecode(outdir))
+    if outdir.exists():
+        assert not [p for p in outdir.rglob("*") if ".partial-" in p.name], list(outdir.rglob("*"))
+    return events[-1]
+
+
+def _adapt(inputs, outdir, model, *extra):
+    return ["adapt", *inputs, "-o", outdir, "--model", model, "--steps", "1", "--device", "cpu", "--events", *extra]
+
+
+def test_file_name_that_is_not_utf8(tmp_path, model2d):
+    name = os.fsencode(tmp_path) + b"/eye-\xff\xfe.png"
+    os.rename(write_picture(tmp_path / "eye.png", fundus_like()), name)  # SimpleITK would abort on the name
+    out = os.fsencode(tmp_path / "out")
+    assert_refused(_adapt([name], out, model2d), [name], out, "InputError", "not valid UTF-8")
+    assert not Path(os.fsdecode(out)).exists() or not list(Path(os.fsdecode(out)).iterdir())
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_named_pipe_is_refused_not_read(tmp_path, model2d):
+    fifo = tmp_path / "eye.png"
+    os.mkfifo(fifo)
+    assert_refused(_adapt([fifo], tmp_path / "out", model2d), [], tmp_path / "out", "InputError",
+                   "not a regular file")
+
+
+def test_dicom_folder_as_its_own_output_folder(tmp_path, model2d):
+    from test_cli_support import write_dicom_series
+
+    series = write_dicom_series(tmp_path / "series")
+    listing = sorted(p.name for p in series.iterdir())
+    assert_refused(_adapt([series], series, model2d), [series], tmp_path / "none", "ConfigurationError",
+                   "inside the DICOM folder")
+    assert sorted(p.name for p in series.iterdir()) == listing
+    assert_refused(_adapt([series], series / "results", model2d), [series], tmp_path / "none",
+                   "ConfigurationError", "inside the DICOM folder")
+    assert sorted(p.name for p in series.iterdir()) == listing
+
+
+@pytest.mark.parametrize("option,value,contains", [
+    ("--seed", "18446744073709551616", "--seed: must be a whole number from 0 to 4294967295"),
+    ("--seed", "-1", "--seed: must be a whole number"),
+    ("--threads", "20000", "--threads: must be at most 256"),
+    ("--threads", "0", "--threads: must be at least 1"),
+])
+def test_out_of_range_options(tmp_path, model2d, option, value, contains):
+    eye = write_picture(tmp_path / "eye.png", fundus_like())
+    assert_refused(_adapt([eye], tmp_path / "out", model2d, option, value), [eye], tmp_path / "out",
+                   "UsageError", contains)
+
+
+def _damaged_model(path: Path, model2d: Path, how: str) -> Path:
+    from GraTaSegmenterLib.models import load_model, save_model
+
+    net = load_model(model2d)
+    state = net.state_dict()
+    key = next(k for k in state if k.endswith("running_var"))
+    weight = next(k for k, v in state.items() if k.endswith("weight") and v.ndim == 4)
+    with torch.no_grad():
+        if how == "nan weight":
+            state[weight].view(-1)[0] = float("nan")
+        elif how == "nan variance":
+            state[key].view(-1)[0] = float("nan")
+        elif how == "negative variance":
+            state[key].view(-1)[0] = -1.0
+    if how == "int8 weights":
+        from safetensors.torch import save_file
+
+        from GraTaSegmenterLib.models import FILE_FORMAT
+
+        tensors = {k: (v.to(torch.int8) if k == weight else v).contiguous() for k, v in state.items()}
+        save_file(tensors, str(path), metadata={"format": FILE_FORMAT, "card": net.card.to_json()})
+        return path
+    net.load_state_dict(state)
+    return save_model(net, net.card, path)
+
+
+@pytest.mark.parametrize("how,contains", [("nan weight", "NaN or infinite values"),
+                                          ("nan variance", "NaN or infinite values"),
+                                          ("negative variance", "negative variances"),
+                                          ("int8 weights", "not floating point")])
+def test_model_with_unusable_weights_is_refused_by_adapt_and_info(tmp_path, model2d, how, contains):
+    bad = _damaged_model(tmp_path / "bad.safetensors", model2d, how)
+    eye = write_picture(tmp_path / "eye.png", fundus_like())
+    assert_refused(_adapt([eye], tmp_path / "out", bad), [eye, os.fsencode(bad)], tmp_path / "out",
+                   "ModelFileError", contains)
+    code, _out, err = run_child(["info", bad])
+    assert code == 2 and contains in err
+
+
+def test_steps_file_is_json_even_when_a_step_is_not_finite(tmp_path):
+    from GraTaSegmenterLib.outputs import write_jsonl
+
+    path = tmp_path / "steps.jsonl"
+    write_jsonl(path, [{"step": 1, "cosine": float("nan"), "lr": float("inf"), "loss": 0.5}])
+    text = path.read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"step": 1, "cosine": None, "lr": None, "loss": 0.5}
+
+
+def test_grey_image_of_a_model_of_one_channel_still_works(tmp_path):
+    """Control case: the refusals above do not refuse a normal run."""
+    model = tiny_2d_model(tmp_path / "grey.safetensors", in_channels=1)
+    eye = write_picture(tmp_path / "eye.png", fundus_like()[..., 0], vector=False)
+    code, out, err = run_child(_adapt([eye], tmp_path / "out", model))
+    assert code == 0, err
+    assert parse_events(out)[-1]["event"] == "done"
