@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -92,6 +93,7 @@ def test_dicom_folder_as_its_own_output_folder(tmp_path, model2d):
     ("--seed", "-1", "--seed: must be a whole number"),
     ("--threads", "20000", "--threads: must be at most 256"),
     ("--threads", "0", "--threads: must be at least 1"),
+    ("-o", "", "-o/--output: is empty"),
 ])
 def test_out_of_range_options(tmp_path, model2d, option, value, contains):
     eye = write_picture(tmp_path / "eye.png", fundus_like())
@@ -155,3 +157,25 @@ def test_grey_image_of_a_model_of_one_channel_still_works(tmp_path):
     code, out, err = run_child(_adapt([eye], tmp_path / "out", model))
     assert code == 0, err
     assert parse_events(out)[-1]["event"] == "done"
+
+
+def test_abbreviated_options_are_not_taken_for_others(tmp_path, model2d):
+    eye = write_picture(tmp_path / "eye.png", fundus_like())
+    code, out, err = run_child(["adapt", eye, "-o", tmp_path / "out", "--model", model2d, "--ev"])
+    assert code == 2 and out == "" and "unrecognized arguments: --ev" in err
+
+
+def test_grey_alpha_picture_is_read_and_its_alpha_dropped(tmp_path):
+    from PIL import Image
+
+    from GraTaSegmenterLib import imageio
+
+    grey = fundus_like()[..., 0]
+    Image.fromarray(np.stack([grey, np.full_like(grey, 255)], -1), "LA").save(tmp_path / "eye.png")
+    loaded = imageio.read_image(tmp_path / "eye.png")
+    assert loaded.channels == 2 and loaded.kind == "picture"
+    np.testing.assert_array_equal(loaded.array[0], grey)
+    model = tiny_2d_model(tmp_path / "m.safetensors")
+    code, out, err = run_child(_adapt([tmp_path / "eye.png"], tmp_path / "out", model))
+    assert code == 0, err
+    assert "alpha channel dropped" in err and (tmp_path / "out" / "eye" / "labelmap.nrrd").is_file()

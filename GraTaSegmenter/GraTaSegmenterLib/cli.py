@@ -31,6 +31,13 @@ class UsageError(GraTaError):
 
 
 class _Parser(argparse.ArgumentParser):
+    """Errors as UsageError (one message, an error event); no abbreviations: ``--ev`` is
+    not taken for ``--events`` (the event stream must be asked for by its name)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str):  # noqa: D401 - argparse API
         raise UsageError(f"{message} (see {self.prog} --help)")
 
@@ -86,7 +93,7 @@ def _add_adapt(sub) -> None:
                                    "baseline) and segment them; one result folder per input in OUTDIR.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="2D image (PNG, JPEG, TIFF, BMP), volume (NRRD, NIfTI, MHA/MHD) or DICOM series folder")
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results")
+    p.add_argument("-o", "--output", required=True, type=_folder, metavar="OUTDIR", help="folder for the results")
     p.add_argument("--model", help="model file (default: the bundled fundus model)")
     p.add_argument("--method", default=choices.DEFAULT_METHOD, choices=METHODS,
                    help="adaptation method (default %(default)s; none = the source model as trained)")
@@ -143,6 +150,12 @@ def _thread_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be at most {MAX_THREADS}, not {value} (this machine has "
                                          f"{os.cpu_count()} cores)")
     return value
+
+
+def _folder(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name the folder for the results")
+    return text
 
 
 def _seed(text: str) -> int:

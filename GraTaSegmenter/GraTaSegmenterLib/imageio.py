@@ -103,6 +103,22 @@ def _first_line(exc: BaseException) -> str:
     return useful[-1][:200] if useful else type(exc).__name__
 
 
+def _read_picture_with_pillow(path: Path) -> sitk.Image | None:
+    """Pictures ITK has no pixel type for (grey + alpha PNG): read with Pillow, as ITK
+    would place them (spacing 1, origin 0); None when Pillow cannot read the file either."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            if picture.mode not in ("LA", "La", "PA"):
+                return None  # ITK's refusal stands for everything else
+            array = np.asarray(picture.convert("LA"))
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=True)
+
+
 def check_readable_path(path: Path) -> None:
     """Refuse, before any reader sees it, what would crash or hang one: a name that
     is not valid UTF-8 (SimpleITK aborts the process on it) and anything that is
@@ -135,8 +151,10 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
-            raise InputError(f"{path.name} cannot be read as an image ({_first_line(exc)}); "
-                             f"check that the file is complete and of the format its name says") from None
+            image = _read_picture_with_pillow(path) if suffix in PICTURE_SUFFIXES else None
+            if image is None:
+                raise InputError(f"{path.name} cannot be read as an image ({_first_line(exc)}); "
+                                 f"check that the file is complete and of the format its name says") from None
         kind = "picture" if suffix in PICTURE_SUFFIXES else "volume"
     if image.GetDimension() not in (2, 3):
         raise InputError(f"{path.name} is a {image.GetDimension()}D image; give a 2D image or a 3D volume "
