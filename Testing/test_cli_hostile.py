@@ -179,3 +179,31 @@ def test_grey_alpha_picture_is_read_and_its_alpha_dropped(tmp_path):
     code, out, err = run_child(_adapt([tmp_path / "eye.png"], tmp_path / "out", model))
     assert code == 0, err
     assert "alpha channel dropped" in err and (tmp_path / "out" / "eye" / "labelmap.nrrd").is_file()
+
+
+def test_a_stop_among_several_inputs_is_summarised_and_skip_existing_goes_on(tmp_path, model2d):
+    a = write_picture(tmp_path / "a.png", fundus_like(seed=1))
+    b = tmp_path / "b.png"
+    b.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    c = write_picture(tmp_path / "c.png", fundus_like(seed=3))
+    out = tmp_path / "out"
+    code, stdout, err = run_child(["adapt", a, b, c, "-o", out, "--model", model2d, "--steps", "1",
+                                   "--device", "cpu"])
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[-2] == ("grata-segmenter: 1 of 3 results kept; stopped at b.png; not processed: c.png. Fix or "
+                         "remove the input it stopped at, then run again with --skip-existing to go on.")
+    assert sorted(p.name for p in out.iterdir()) == ["a"]
+    kept = (out / "a" / "labelmap.nrrd").stat().st_mtime_ns
+    write_picture(b, fundus_like(seed=2))  # the user fixes the file
+    code, stdout, err = run_child(_adapt([a, b, c], out, model2d))
+    assert code == 2 and "exists already" in err  # without the option nothing is replaced silently
+    code, stdout, err = run_child(_adapt([a, b, c], out, model2d, "--skip-existing"))
+    assert code == 0, err
+    events = parse_events(stdout)
+    assert [e["input"] for e in events if e["event"] == "output"] == [str(b), str(c)]
+    assert "a.png: " in err and "skipped (--skip-existing)" in err
+    assert (out / "a" / "labelmap.nrrd").stat().st_mtime_ns == kept
+    assert sorted(p.name for p in out.iterdir()) == ["a", "b", "c"]
+    code, _, err = run_child(_adapt([a], out, model2d, "--skip-existing", "--overwrite"))
+    assert code == 2 and "contradict" in err

@@ -60,7 +60,8 @@ def _options(args: argparse.Namespace):
                    pseudo_loss=args.pseudo_loss, mode=args.mode, device=args.device, seed=args.seed,
                    precision=args.precision, save_state=args.save_state, load_state=args.load_state,
                    overwrite=args.overwrite, probabilities=args.probabilities, uncertainty=args.uncertainty,
-                   batch_size=args.batch_size, postprocess=not args.no_postprocess)
+                   batch_size=args.batch_size, postprocess=not args.no_postprocess,
+                   skip_existing=args.skip_existing)
 
 
 def _cmd_adapt(args: argparse.Namespace, emit) -> int:
@@ -122,6 +123,8 @@ def _add_adapt(sub) -> None:
                    help="keep the network's masks as they are, without the model card's anatomical rules "
                         "(e.g. one disc, the cup inside it, no holes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results in OUTDIR")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="skip inputs whose result folder in OUTDIR is complete (to go on after a stop)")
     p.add_argument("--events", action="store_true",
                    help="JSON lines on stdout instead of progress bars (docs/events.md)")
     p.set_defaults(func=_cmd_adapt)
@@ -262,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
     segmenter = getattr(args, "_segmenter", None)
     current = getattr(segmenter, "current_input", None)
+    summary = segmenter.summary() if segmenter is not None else None
+    if summary:
+        print(f"grata-segmenter: {summary}", file=sys.stderr)
     print(f"grata-segmenter: error: {text}", file=sys.stderr)
     emit("error", message=text, kind=kind, input=current)
     return code

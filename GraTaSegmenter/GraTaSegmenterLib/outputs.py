@@ -82,6 +82,16 @@ def check_target(outdir: Path, name: str, overwrite: bool) -> Path:
     return target
 
 
+def is_complete_result(folder: Path) -> bool:
+    """A result folder as a run commits it: the labelmap, segmentation, steps and plot files are there
+    (a folder only ever appears complete, so these mark one of ours)."""
+    if not folder.is_dir():
+        return False
+    names = {p.name for p in folder.iterdir()}
+    return {"segmentation.seg.nrrd", "steps.jsonl", "adaptation.png"} <= names and \
+        bool(names & {"labelmap.nrrd", "labelmap.nii.gz"})
+
+
 class StagedFolder:
     """A temporary folder that becomes ``outdir/name`` on :meth:`commit`.
 

@@ -65,6 +65,7 @@ class Options:
     uncertainty: bool = False
     batch_size: int | None = None
     postprocess: bool = True  # the model card's anatomical rules (--no-postprocess turns them off)
+    skip_existing: bool = False  # inputs whose result folder is complete are skipped (--skip-existing)
 
     def check(self) -> None:
         if self.method not in METHOD_NAMES:
@@ -75,6 +76,8 @@ class Options:
             raise ConfigurationError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if not isinstance(self.steps, int) or self.steps < 0:
             raise ConfigurationError("--steps must be 0 or more")
+        if self.skip_existing and self.overwrite:
+            raise ConfigurationError("--skip-existing and --overwrite contradict each other; choose one")
         if self.batch_size is not None and self.batch_size < 1:
             raise ConfigurationError("--batch-size must be at least 1")
         if (self.save_state or self.load_state) and self.method not in GRADIENT_METHODS:
@@ -253,6 +256,9 @@ class Segmenter:
         self.global_step = 0
         self.total_steps = 0
         self.current_input: str | None = None  # the input being processed (for error reports)
+        self.inputs: list[Path] = []  # of the current run, with what became of each (for the summary)
+        self.kept: list[str] = []
+        self.skipped: list[str] = []
 
     # -- small helpers -------------------------------------------------------------------
     def log(self, message: str) -> None:
@@ -445,7 +451,9 @@ class Segmenter:
         outdir = Path(outdir).absolute()
         inputs = [Path(p) for p in inputs]
         targets = result_names(inputs)
-        check_inputs_and_targets(inputs, targets, outdir, opts.overwrite)
+        self.inputs, self.kept, self.skipped = inputs, [], []
+        existing = {name for name in targets if opts.skip_existing and outputs.is_complete_result(outdir / name)}
+        check_inputs_and_targets(inputs, targets, outdir, opts.overwrite, skip=existing)
         steps = opts.steps_per_input
         self.total_steps = steps * len(inputs)
         self.global_step = 0
@@ -454,6 +462,10 @@ class Segmenter:
                   device=self.device_text, steps_per_input=steps, total_steps=self.total_steps)
         results = []
         for i, (path, name) in enumerate(zip(inputs, targets)):
+            if name in existing:
+                self.skipped.append(str(path))
+                self.log(f"{path.name}: {outdir / name} holds a complete result already; skipped (--skip-existing)")
+                continue
             self.current_input = str(path)
             loaded = imageio.read_image(path)
             prediction = self.segment(loaded, input_index=i)
@@ -468,9 +480,28 @@ class Segmenter:
                     self.method.save_state(state)
                 paths["state"] = str(state)
             results.append(paths)
+            self.kept.append(str(path))
             self.emit("output", input_index=i, input=str(path), paths=paths)
             self.current_input = None
         return results
+
+    def summary(self) -> str | None:
+        """After a run of several inputs that stopped: what was kept, what failed, what was not done."""
+        if len(self.inputs) < 2:
+            return None
+        done = set(self.kept) | set(self.skipped)
+        failed = self.current_input
+        rest = [str(p) for p in self.inputs if str(p) not in done and str(p) != failed]
+        parts = [f"{len(self.kept)} of {len(self.inputs)} results kept"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} skipped as complete")
+        if failed:
+            parts.append(f"stopped at {Path(failed).name}")
+        if rest:
+            parts.append("not processed: " + ", ".join(Path(p).name for p in rest))
+        advice = " Fix or remove the input it stopped at, then run again with --skip-existing to go on." \
+            if failed or rest else ""
+        return "; ".join(parts) + "." + advice
 
 
 def result_names(inputs: Sequence[Path]) -> list[str]:
@@ -484,7 +515,8 @@ def result_names(inputs: Sequence[Path]) -> list[str]:
     return names
 
 
-def check_inputs_and_targets(inputs: Sequence[Path], names: Sequence[str], outdir: Path, overwrite: bool) -> None:
+def check_inputs_and_targets(inputs: Sequence[Path], names: Sequence[str], outdir: Path, overwrite: bool,
+                             skip: set[str] = frozenset()) -> None:
     """Fail before any work: missing or unsupported inputs, existing results, a result
     folder that would replace (or hold) an input."""
     if not inputs:
@@ -501,6 +533,8 @@ def check_inputs_and_targets(inputs: Sequence[Path], names: Sequence[str], outdi
             raise ConfigurationError(f"the output folder {outdir} is inside the DICOM folder {p}, which would "
                                      f"change the input; choose an output folder outside it (-o)")
     for name in names:
+        if name in skip:
+            continue
         target = outputs.check_target(outdir, name, overwrite).resolve()
         for p in resolved:
             if p == target or target in p.parents:
