@@ -207,3 +207,40 @@ def test_a_stop_among_several_inputs_is_summarised_and_skip_existing_goes_on(tmp
     assert sorted(p.name for p in out.iterdir()) == ["a", "b", "c"]
     code, _, err = run_child(_adapt([a], out, model2d, "--skip-existing", "--overwrite"))
     assert code == 2 and "contradict" in err
+
+
+def _with_card(path: Path, model2d: Path, change) -> Path:
+    """The tiny model's weights under a card edited as JSON (as a hand-edited or foreign file would be)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(model2d), framework="pt") as f:
+        meta = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    card = json.loads(meta["card"])
+    change(card)
+    save_file(tensors, str(path), metadata={**meta, "card": json.dumps(card)})
+    return path
+
+
+def _third_class(card):
+    card["classes"].append(dict(card["classes"][1], name="rim", channel=2, label=3))
+
+
+@pytest.mark.parametrize("change,contains", [
+    (_third_class, "the card's classes need 3 output channels, the network has 2"),
+    (lambda c: c.update(input_channels=9), "the card says 9 input channels, the network takes 3"),
+    (lambda c: c["classes"][0].update(label=300), "from 1 to 255"),
+    (lambda c: c["classes"][0].update(color="red"), "malformed model card"),
+    (lambda c: c.update(input_size="256"), "input_size"),
+    (lambda c: c.update(spatial_dims=3, input_size=[8, 32, 32]), "the card says 3D, the network is 2D"),
+    (lambda c: c["classes"][0].update(channel="0"), "whole numbers"),
+])
+def test_model_card_that_does_not_match_its_network(tmp_path, model2d, change, contains):
+    bad = _with_card(tmp_path / "bad.safetensors", model2d, change)
+    eye = write_picture(tmp_path / "eye.png", fundus_like())
+    error = assert_refused(_adapt([eye], tmp_path / "out", bad), [eye], tmp_path / "out", "ModelFileError",
+                           contains)
+    assert error["input"] is None  # blamed on the model, before any input is read
+    code, _out, err = run_child(["info", bad])
+    assert code == 2 and contains in err

@@ -68,7 +68,31 @@ def build_network(card: ModelCard) -> nn.Module:
             net = UNet(**args)
     except (TypeError, ValueError) as exc:
         raise ModelFileError(f"the model card's arguments do not build a {card.architecture}: {exc}") from None
+    problems = card_network_problems(card)
+    if problems:
+        raise ModelFileError("the model card does not match its network: " + "; ".join(problems)
+                             + ". The file is damaged or was written for another network; export it again")
     return net
+
+
+def card_network_problems(card: ModelCard) -> list[str]:
+    """What the card says against what its network is (checked when a file is opened, so that a
+    wrong card fails there with this message, not after the adaptation with an index error)."""
+    args = card.arguments
+    if card.architecture == "resunet":
+        dims, channels_in, channels_out = 2, args.get("in_channels", 3), args.get("num_classes", 2)
+    else:
+        dims, channels_in, channels_out = (args.get("spatial_dims", 2), args.get("in_channels", 3),
+                                           args.get("out_channels", 2))
+    problems = []
+    if card.spatial_dims != dims:
+        problems.append(f"the card says {card.spatial_dims}D, the network is {dims}D")
+    if card.input_channels != channels_in:
+        problems.append(f"the card says {card.input_channels} input channels, the network takes {channels_in}")
+    if card.out_channels > channels_out:
+        problems.append(f"the card's classes need {card.out_channels} output channels, the network has "
+                        f"{channels_out}")
+    return problems
 
 
 def reference_card(config: dict, source: str = "") -> ModelCard:

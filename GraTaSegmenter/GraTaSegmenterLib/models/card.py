@@ -132,8 +132,8 @@ class ModelCard:
                 if data.get(key) is not None:
                     data[key] = tuple(data[key])
             return cls(**data)
-        except (TypeError, KeyError) as exc:
-            raise ModelFileError(f"incomplete model card ({exc}); the file is damaged") from None
+        except (TypeError, KeyError, ValueError) as exc:
+            raise ModelFileError(f"incomplete or malformed model card ({exc}); the file is damaged") from None
 
 
 def _code(value: Any) -> Code | None:
@@ -158,6 +158,10 @@ def _segment_class(data: dict[str, Any]) -> SegmentClass:
     return SegmentClass(**data)
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def validate_card(card: ModelCard) -> list[str]:
     """Return the problems of a card (empty when it is usable)."""
     problems = []
@@ -175,7 +179,7 @@ def validate_card(card: ModelCard) -> list[str]:
                                            or not card.window[0] < card.window[1]):
         problems.append("normalisation 'window' needs window = (low, high) with low < high")
     if card.input_size is not None and (len(card.input_size) != card.spatial_dims
-                                        or any(int(s) < 1 for s in card.input_size)):
+                                        or not all(_is_int(v) and v >= 1 for v in card.input_size)):
         problems.append(f"input_size {card.input_size} must have {card.spatial_dims} positive sizes")
     if card.slice_axis is not None and card.slice_axis not in (0, 1, 2):
         problems.append("slice_axis must be 0, 1 or 2 (axis of a z, y, x array)")
@@ -185,8 +189,14 @@ def validate_card(card: ModelCard) -> list[str]:
     labels = [c.label for c in card.classes]
     if len(set(channels)) != len(channels):
         problems.append("two classes share a channel")
-    if len(set(labels)) != len(labels) or any(label < 1 for label in labels):
-        problems.append("class labels must be distinct and at least 1 (0 is the background)")
+    if not all(_is_int(v) for v in channels + labels):
+        problems.append("class channels and labels must be whole numbers")
+        return problems
+    if len(set(labels)) != len(labels) or any(not 1 <= label <= 255 for label in labels):
+        problems.append("class labels must be distinct and from 1 to 255 (0 is the background; labelmaps "
+                        "are 8-bit)")
+    if any(c < 0 for c in channels):
+        problems.append("class channels must be 0 or more")
     if card.output == "softmax" and any(c < 1 for c in channels):
         problems.append("softmax channel 0 is the background; classes start at channel 1")
     for c in card.classes:
