@@ -244,3 +244,16 @@ def test_model_card_that_does_not_match_its_network(tmp_path, model2d, change, c
     assert error["input"] is None  # blamed on the model, before any input is read
     code, _out, err = run_child(["info", bad])
     assert code == 2 and contains in err
+
+
+def test_output_folder_and_state_file_are_checked_before_the_work(tmp_path, model2d):
+    eye = write_picture(tmp_path / "eye.png", fundus_like())
+    link = tmp_path / "gone"
+    link.symlink_to(tmp_path / "nowhere")
+    error = assert_refused(_adapt([eye], link, model2d), [eye], tmp_path / "none", "ConfigurationError",
+                           "which does not exist")
+    state = tmp_path / "missing" / "state.pt"
+    events_before = assert_refused(_adapt([eye], tmp_path / "out", model2d, "--save-state", state), [eye],
+                                   tmp_path / "out", "ConfigurationError", "the folder of --save-state")
+    assert not (tmp_path / "out").exists()  # refused before any input was processed
+    assert error["input"] is None and events_before["input"] is None

@@ -24,6 +24,7 @@ device), then call :meth:`Segmenter.segment` on a :class:`~.imageio.LoadedImage`
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -454,6 +455,11 @@ class Segmenter:
         self.inputs, self.kept, self.skipped = inputs, [], []
         existing = {name for name in targets if opts.skip_existing and outputs.is_complete_result(outdir / name)}
         check_inputs_and_targets(inputs, targets, outdir, opts.overwrite, skip=existing)
+        if opts.save_state:
+            state = Path(opts.save_state).absolute()
+            if state.is_dir():
+                raise ConfigurationError(f"--save-state {state} is a folder; name the state file")
+            check_writable_folder(state.parent, "the folder of --save-state", create=False)
         steps = opts.steps_per_input
         self.total_steps = steps * len(inputs)
         self.global_step = 0
@@ -542,4 +548,21 @@ def check_inputs_and_targets(inputs: Sequence[Path], names: Sequence[str], outdi
                                          f"another output folder (-o)")
     if outdir.exists() and not outdir.is_dir():
         raise ConfigurationError(f"{outdir} is a file, not a folder; choose an output folder (-o)")
+    check_writable_folder(outdir, "the output folder (-o)")
+
+
+def check_writable_folder(folder: Path, what: str, create: bool = True) -> None:
+    """Before any work: ``folder`` (or, when it is to be created, its nearest existing parent)
+    must be a writable folder; a dangling link is named as such."""
+    if folder.is_symlink() and not folder.exists():
+        raise ConfigurationError(f"{what} {folder} is a link to {os.readlink(folder)}, which does not exist; "
+                                 f"create the target or choose another folder")
+    probe = folder
+    if not create and not folder.is_dir():
+        raise ConfigurationError(f"{what}: the folder {folder} does not exist; create it or choose another")
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigurationError(f"{what} {folder} cannot be written ({probe} is not a writable folder); "
+                                 f"choose another folder")
 
