@@ -257,3 +257,35 @@ def test_output_folder_and_state_file_are_checked_before_the_work(tmp_path, mode
                                    tmp_path / "out", "ConfigurationError", "the folder of --save-state")
     assert not (tmp_path / "out").exists()  # refused before any input was processed
     assert error["input"] is None and events_before["input"] is None
+
+
+def _nifti(path: Path, nan: bool = False) -> Path:
+    import SimpleITK as sitk
+
+    from test_cli_support import volume
+
+    array = volume((5, 20, 24), constant_first=False).astype(np.float32)
+    if nan:
+        array[2, 3, 4], array[3, 1, 1] = np.nan, np.inf
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_nifti_with_nan_or_cut_short_is_refused(tmp_path, model2d, suffix):
+    import gzip
+
+    grey = tiny_2d_model(tmp_path / "grey.safetensors", in_channels=1)
+    nan = _nifti(tmp_path / f"nan{suffix}", nan=True)
+    assert_refused(_adapt([nan], tmp_path / "out", grey), [nan], tmp_path / "out", "InputError",
+                   "2 NaN or infinite value(s)")
+    whole = _nifti(tmp_path / f"whole{suffix}")
+    cut = tmp_path / f"cut{suffix}"
+    if suffix == ".nii":
+        cut.write_bytes(whole.read_bytes()[:-300])
+    else:
+        data = gzip.decompress(whole.read_bytes())
+        cut.write_bytes(gzip.compress(data[:-300]))
+    assert_refused(_adapt([cut], tmp_path / "out", grey), [cut], tmp_path / "out", "InputError", "truncated")
+    code, out, err = run_child(_adapt([whole], tmp_path / "out", grey))
+    assert code == 0, err

@@ -103,6 +103,60 @@ def _first_line(exc: BaseException) -> str:
     return useful[-1][:200] if useful else type(exc).__name__
 
 
+_NIFTI_FLOATS = {16: "f4", 64: "f8"}
+
+
+def check_nifti(path: Path) -> None:
+    """What ITK's NIfTI reader does not check: the file holds all the voxels its header
+    promises (ITK fills a truncated file with zeros) and no NaN or infinite value (ITK
+    turns them into 0). Reads the header (NIfTI-1 or -2, either byte order) and the data."""
+    import gzip
+    import struct
+    import zlib
+
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as f:
+                raw = f.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(f"{path.name} is not a complete NIfTI file ({exc}); check that the file was copied "
+                         f"or downloaded completely") from None
+    header = None
+    for order in "<>":
+        if len(raw) >= 4 and struct.unpack(order + "i", raw[:4])[0] in (348, 540):
+            header = order
+            break
+    if header is None:
+        raise InputError(f"{path.name} has no NIfTI header; check that it is a NIfTI file")
+    order, version2 = header, struct.unpack(header + "i", raw[:4])[0] == 540
+    try:
+        if version2:
+            datatype, bitpix = struct.unpack(order + "hh", raw[12:16])
+            dims = struct.unpack(order + "8q", raw[16:80])
+            offset = struct.unpack(order + "q", raw[168:176])[0]
+        else:
+            datatype, bitpix = struct.unpack(order + "hh", raw[70:74])
+            dims = struct.unpack(order + "8h", raw[40:56])
+            offset = int(struct.unpack(order + "f", raw[108:112])[0])
+    except struct.error:
+        raise InputError(f"{path.name}: the NIfTI header is cut short; the file is incomplete") from None
+    count = 1
+    for d in dims[1:1 + max(0, min(int(dims[0]), 7))]:
+        count *= max(int(d), 1)
+    need = offset + count * max(int(bitpix), 8) // 8
+    if len(raw) < need:
+        raise InputError(f"{path.name} is truncated: its header promises {need} bytes of data and header, the "
+                         f"file holds {len(raw)}; copy or download it again")
+    if datatype in _NIFTI_FLOATS:
+        data = np.frombuffer(raw, dtype=order + _NIFTI_FLOATS[datatype], count=count, offset=offset)
+        bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+        if bad:
+            raise InputError(f"{path.name} contains {bad} NaN or infinite value(s); fix or crop the image "
+                             f"before segmenting it")
+
+
 def _read_picture_with_pillow(path: Path) -> sitk.Image | None:
     """Pictures ITK has no pixel type for (grey + alpha PNG): read with Pillow, as ITK
     would place them (spacing 1, origin 0); None when Pillow cannot read the file either."""
@@ -148,6 +202,8 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         if suffix not in SUPPORTED:
             raise InputError(f"{path.name}: {suffix or 'files without a suffix'} is not a supported format; "
                              f"use PNG, JPEG, TIFF, BMP, NRRD, NIfTI, MHA/MHD or a DICOM series folder")
+        if suffix in (".nii", ".nii.gz"):
+            check_nifti(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
