@@ -289,3 +289,13 @@ def test_nifti_with_nan_or_cut_short_is_refused(tmp_path, model2d, suffix):
     assert_refused(_adapt([cut], tmp_path / "out", grey), [cut], tmp_path / "out", "InputError", "truncated")
     code, out, err = run_child(_adapt([whole], tmp_path / "out", grey))
     assert code == 0, err
+
+
+def test_dicom_series_with_a_truncated_file_is_refused(tmp_path, model2d):
+    from test_cli_support import write_dicom_series
+
+    series = write_dicom_series(tmp_path / "series", slices=6)
+    victim = sorted(series.iterdir())[2]
+    victim.write_bytes(victim.read_bytes()[:400])
+    assert_refused(_adapt([series], tmp_path / "out", model2d), [series], tmp_path / "out", "InputError",
+                   f"1 DICOM file(s) cannot be read and would be left out of the series ({victim.name})")

@@ -88,13 +88,36 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise InputError(f"{folder} is a folder without a DICOM series; give an image file or a folder "
                          f"holding the DICOM files of one series")
     # The series with the most files: the main acquisition when a folder holds a localiser too.
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series), key=len)
+    listed = [reader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series]
+    files = max(listed, key=len)
+    _check_no_dicom_left_out(folder, {os.path.realpath(f) for group in listed for f in group})
     reader.SetFileNames(files)
     try:
         return reader.Execute()
     except RuntimeError as exc:
         raise InputError(f"the DICOM series in {folder} cannot be read ({_first_line(exc)}); "
                          f"check that the folder holds one complete series") from None
+
+
+def _check_no_dicom_left_out(folder: Path, in_series: set[str]) -> None:
+    """GDCM leaves out of every series a DICOM file it cannot read (a truncated one): the
+    series would then silently miss a slice and get a wrong slice spacing. Refuse instead."""
+    left_out = []
+    for f in sorted(folder.iterdir()):
+        if not f.is_file() or f.name.startswith(".") or os.path.realpath(f) in in_series:
+            continue
+        try:
+            with open(f, "rb") as handle:
+                head = handle.read(132)
+        except OSError:
+            continue
+        if head[128:132] == b"DICM":
+            left_out.append(f.name)
+    if left_out:
+        shown = ", ".join(left_out[:5]) + (f" ... ({len(left_out)} in all)" if len(left_out) > 5 else "")
+        raise InputError(f"{folder.name}: {len(left_out)} DICOM file(s) cannot be read and would be left out of "
+                         f"the series ({shown}): a slice would be missing and the slice spacing wrong. Copy "
+                         f"the series again, or remove the file(s) if they do not belong to it")
 
 
 def _first_line(exc: BaseException) -> str:
