@@ -299,3 +299,24 @@ def test_dicom_series_with_a_truncated_file_is_refused(tmp_path, model2d):
     victim.write_bytes(victim.read_bytes()[:400])
     assert_refused(_adapt([series], tmp_path / "out", model2d), [series], tmp_path / "out", "InputError",
                    f"1 DICOM file(s) cannot be read and would be left out of the series ({victim.name})")
+
+
+def test_degenerate_and_tiny_images(tmp_path):
+    model = tiny_2d_model(tmp_path / "m.safetensors", input_size=(64, 64))
+    one = write_picture(tmp_path / "one.png", fundus_like(1, 1))
+    assert_refused(_adapt([one], tmp_path / "out", model), [one], tmp_path / "out", "InputError",
+                   "one.png is 1 x 1 pixels, too small to segment (the model expects about 64 x 64)")
+    small = write_picture(tmp_path / "small.png", fundus_like(6, 7))
+    code, out, err = run_child(_adapt([small], tmp_path / "out", model))
+    assert code == 0 and "far below the model's 64 x 64" in err
+
+
+def test_exif_orientation_is_reported(tmp_path, model2d):
+    from PIL import Image
+
+    picture = Image.fromarray(fundus_like())
+    exif = picture.getexif()
+    exif[0x0112] = 6
+    picture.save(tmp_path / "eye.jpg", exif=exif)
+    code, out, err = run_child(_adapt([tmp_path / "eye.jpg"], tmp_path / "out", model2d))
+    assert code == 0 and "EXIF orientation says 'rotate 90 degrees'" in err

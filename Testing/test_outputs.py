@@ -26,9 +26,13 @@ def test_an_error_removes_the_temporary_folder(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+RESULT_FILES = ("labelmap.nrrd", "segmentation.seg.nrrd", "steps.jsonl", "adaptation.png")
+
+
 def test_existing_result_refused_then_replaced_with_overwrite(tmp_path):
     (tmp_path / "eye").mkdir()
-    (tmp_path / "eye" / "old.txt").write_text("old")
+    for name in RESULT_FILES:
+        (tmp_path / "eye" / name).write_text("old")
     with pytest.raises(OutputExists):
         StagedFolder(tmp_path, "eye")
     with StagedFolder(tmp_path, "eye", overwrite=True) as folder:
@@ -36,6 +40,28 @@ def test_existing_result_refused_then_replaced_with_overwrite(tmp_path):
         folder.commit()
     assert sorted(p.name for p in (tmp_path / "eye").iterdir()) == ["new.txt"]
     assert [p.name for p in tmp_path.iterdir()] == ["eye"]
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_a_result(tmp_path):
+    (tmp_path / "eye").mkdir()
+    (tmp_path / "eye" / "my notes.txt").write_text("mine")
+    with pytest.raises(OutputExists, match="not a GraTaSegmenter result"):
+        StagedFolder(tmp_path, "eye", overwrite=True)
+    assert (tmp_path / "eye" / "my notes.txt").read_text() == "mine"
+
+
+def test_committed_result_folder_follows_the_umask(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with StagedFolder(tmp_path, "eye") as folder:
+            folder.path("a.txt").write_text("x")
+            final = folder.commit()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(final.stat().st_mode) == 0o755
 
 
 def test_enospc_becomes_disk_full(tmp_path):

@@ -196,6 +196,22 @@ def _read_picture_with_pillow(path: Path) -> sitk.Image | None:
     return sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=True)
 
 
+_EXIF_TURNS = {2: "mirrored", 3: "rotate 180 degrees", 4: "flipped", 5: "mirrored and rotated 270 degrees",
+               6: "rotate 90 degrees", 7: "mirrored and rotated 90 degrees", 8: "rotate 270 degrees"}
+
+
+def exif_orientation(path: Path) -> str | None:
+    """A JPEG/TIFF's EXIF orientation in words when it asks viewers to turn the picture (None: as stored)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            value = picture.getexif().get(0x0112)
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+    return _EXIF_TURNS.get(value)
+
+
 def check_readable_path(path: Path) -> None:
     """Refuse, before any reader sees it, what would crash or hang one: a name that
     is not valid UTF-8 (SimpleITK aborts the process on it) and anything that is

@@ -79,6 +79,10 @@ def check_target(outdir: Path, name: str, overwrite: bool) -> Path:
                            f"--overwrite to replace it")
     if target.exists() and not target.is_dir():
         raise OutputExists(f"{target} exists and is not a folder; remove it or choose another output folder")
+    if target.is_dir() and not is_complete_result(target):
+        # --overwrite replaces our results, never a folder of the user's that happens to have the name
+        raise OutputExists(f"{target} exists and is not a GraTaSegmenter result (it lacks the result files), so "
+                           f"--overwrite does not replace it; move it away or choose another output folder (-o)")
     return target
 
 
@@ -116,7 +120,10 @@ class StagedFolder:
         """Move the complete result into place (replacing an old one when overwriting)."""
         check_target(self.outdir, self.name, self.overwrite)
         old = None
+        umask = os.umask(0)
+        os.umask(umask)
         with disk_errors(self.outdir):
+            os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the staging only
             if self.target.exists():
                 old = Path(tempfile.mkdtemp(prefix=f".{self.name}.old-", dir=self.outdir))
                 os.replace(self.target, old / "result")

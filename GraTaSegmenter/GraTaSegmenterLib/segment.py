@@ -136,6 +136,28 @@ def match_channels(loaded: imageio.LoadedImage, want: int, log: Callable[[str], 
                      f"image or another model")
 
 
+MIN_SIDE = 4  # pixels: below this an image holds nothing to segment
+WARN_FRACTION = 8  # an image side below 1/8 of the model's input size is resized up a lot: say so
+
+
+def check_size(loaded: imageio.LoadedImage, card, slice_axis: int | None, log: Callable[[str], None]) -> None:
+    """Refuse a degenerate image (a 1 x 1 picture is not an eye) and warn about one far below
+    the model's input size (it is resized up to it, and the result is mostly guesswork)."""
+    spatial = loaded.array.shape[1:]
+    if card.spatial_dims == 2:
+        plane = [n for axis, n in enumerate(spatial) if axis != slice_axis] if len(spatial) == 3 else list(spatial)
+    else:
+        plane = sorted(spatial)[-2:]  # a thin volume may have few slices
+    size = " x ".join(map(str, reversed(spatial)))
+    want = " x ".join(map(str, card.input_size)) if card.input_size else None
+    if min(plane) < MIN_SIDE:
+        raise InputError(f"{loaded.path.name} is {size} pixels, too small to segment"
+                         + (f" (the model expects about {want})" if want else "") + "; choose the full-size image")
+    if card.input_size and min(plane) * WARN_FRACTION < min(card.input_size):
+        log(f"{loaded.path.name} is {size} pixels, far below the model's {want}: it is resized up, and the "
+            f"result is unreliable; prefer the full-size image")
+
+
 class _Feeder:
     """Cuts an image into network batches and maps predictions back.
 
@@ -288,9 +310,15 @@ class Segmenter:
             raise InputError(f"{loaded.path.name} is constant (every value is {lo:g}); there is nothing to "
                              f"segment. Check that the right image was chosen")
         array = match_channels(loaded, card.input_channels, self.log)
+        if loaded.kind == "picture":
+            orientation = imageio.exif_orientation(loaded.path)
+            if orientation:
+                self.log(f"{loaded.path.name}: its EXIF orientation says '{orientation}'; it is segmented as "
+                         f"stored (as ITK and Slicer read it), so the overlay may look turned against a photo viewer")
         slice_axis = None
         if card.spatial_dims == 2 and loaded.dims == 3:
             slice_axis = card.slice_axis if card.slice_axis is not None else imageio.through_plane_axis(loaded.image)
+        check_size(loaded, card, slice_axis, self.log)
         return array, slice_axis
 
     def reset_for_input(self) -> None:
@@ -541,11 +569,12 @@ def check_inputs_and_targets(inputs: Sequence[Path], names: Sequence[str], outdi
     for name in names:
         if name in skip:
             continue
-        target = outputs.check_target(outdir, name, overwrite).resolve()
+        target = (outdir / name).resolve()
         for p in resolved:
             if p == target or target in p.parents:
                 raise ConfigurationError(f"the result folder {target} would replace the input {p}; choose "
                                          f"another output folder (-o)")
+        outputs.check_target(outdir, name, overwrite)
     if outdir.exists() and not outdir.is_dir():
         raise ConfigurationError(f"{outdir} is a file, not a folder; choose an output folder (-o)")
     check_writable_folder(outdir, "the output folder (-o)")
