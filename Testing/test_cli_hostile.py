@@ -320,3 +320,82 @@ def test_exif_orientation_is_reported(tmp_path, model2d):
     picture.save(tmp_path / "eye.jpg", exif=exif)
     code, out, err = run_child(_adapt([tmp_path / "eye.jpg"], tmp_path / "out", model2d))
     assert code == 0 and "EXIF orientation says 'rotate 90 degrees'" in err
+
+
+def _signal_after(monkeypatch, target, attribute, signum, when=lambda *a, **k: True):
+    """Wrap ``target.attribute`` so that the process signals itself right after the call."""
+    import signal as _signal
+
+    original = getattr(target, attribute)
+
+    def wrapped(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if when(*args, **kwargs):
+            os.kill(os.getpid(), signum)
+        return result
+
+    monkeypatch.setattr(target, attribute, wrapped)
+    return _signal
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_right_after_done_changes_nothing(tmp_path, model2d, monkeypatch, signum):
+    import signal
+
+    from GraTaSegmenterLib import events
+    from test_cli_support import run_cli
+
+    _signal_after(monkeypatch, events.EventWriter, "__call__", getattr(signal, signum),
+                  when=lambda self, event, **fields: event == "done")
+    eye = write_picture(tmp_path / "eye.png", fundus_like())
+    code, out, err = run_cli(_adapt([eye], tmp_path / "out", model2d))
+    stream = parse_events(out)
+    assert code == 0, err
+    assert stream[-1]["event"] == "done" and not [e for e in stream if e["event"] == "error"]
+    assert (tmp_path / "out" / "eye" / "labelmap.nrrd").is_file()
+
+
+def test_a_signal_right_after_the_rename_still_announces_the_kept_folder(tmp_path, model2d, monkeypatch):
+    import signal
+
+    from GraTaSegmenterLib import outputs
+    from test_cli_support import run_cli
+
+    _signal_after(monkeypatch, outputs.StagedFolder, "commit", signal.SIGTERM)
+    a = write_picture(tmp_path / "a.png", fundus_like(seed=1))
+    b = write_picture(tmp_path / "b.png", fundus_like(seed=2))
+    code, out, err = run_cli(_adapt([a, b], tmp_path / "out", model2d))
+    stream = parse_events(out)
+    assert code == 130
+    # what is on disk is what the stream says: a's folder, announced; b never started
+    assert [e["event"] for e in stream][-2:] == ["output", "error"] and stream[-2]["input"] == str(a)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a"]
+
+
+def test_a_failing_state_save_leaves_no_result_folder(tmp_path, model2d, monkeypatch):
+    from GraTaSegmenterLib.adaptation import methods
+    from test_cli_support import run_cli
+
+    def full_disk(self, path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(methods.GraTa, "save_state", full_disk)
+    eye = write_picture(tmp_path / "eye.png", fundus_like())
+    code, out, err = run_cli(_adapt([eye], tmp_path / "out", model2d, "--save-state", tmp_path / "s.pt"))
+    stream = parse_events(out)
+    assert code == 2 and stream[-1]["event"] == "error" and not [e for e in stream if e["event"] == "output"]
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_late_ctrl_c_of_the_program_prints_no_traceback(tmp_path, model2d):
+    """Run as the program, the handlers are set to ignore once main() has returned."""
+    eye = write_picture(tmp_path / "eye.png", fundus_like())
+    script = ("import os, signal, sys\n"
+              "from GraTaSegmenterLib import cli\n"
+              f"sys.argv = ['grata-segmenter'] + {[str(a) for a in _adapt([eye], tmp_path / 'out', model2d)]!r}\n"
+              "code = cli.main()\n"
+              "os.kill(os.getpid(), signal.SIGINT)\n"
+              "sys.exit(code)\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env=engine_environment(os.environ, MODULE_DIR))
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr

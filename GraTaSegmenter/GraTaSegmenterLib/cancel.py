@@ -14,28 +14,80 @@ class Cancelled(Exception):
     """The run was cancelled by a signal (exit status 130)."""
 
 
+class _State:
+    """The cancel state of the active :func:`cancel_on_signals` block."""
+
+    def __init__(self):
+        self.fired: list[int] = []
+        self.finished = False  # the run is complete: a late signal changes nothing any more
+        self.protecting = 0  # inside protected(): a signal waits until the section ends
+        self.deferred: int | None = None
+
+
+_active: _State | None = None
+
+
+def _cancelled(signum: int) -> Cancelled:
+    return Cancelled(f"cancelled by {signal.Signals(signum).name}; no output was kept for the unfinished input")
+
+
 @contextlib.contextmanager
 def cancel_on_signals() -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise :class:`Cancelled` (once: a
     second signal while cleaning up is ignored). Previous handlers come back on exit.
-    Outside the main thread (signals cannot be handled there) this does nothing."""
+    Outside the main thread (signals cannot be handled there) this does nothing.
+
+    Two refinements keep the event stream true to what is on disk: inside
+    :func:`protected` (a result folder's rename and its ``output`` event) a signal
+    waits until the section is over; after :func:`finish` (the run is complete and
+    ``done`` is about to be written) a signal is ignored."""
+    global _active
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    fired = []
+    state = _State()
 
     def handler(signum, frame):
-        if fired:
+        if state.fired or state.finished:
             return
-        fired.append(signum)
-        name = signal.Signals(signum).name
-        raise Cancelled(f"cancelled by {name}; no output was kept for the unfinished input")
+        if state.protecting:
+            state.deferred = state.deferred or signum
+            return
+        state.fired.append(signum)
+        raise _cancelled(signum)
 
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    outer, _active = _active, state
     for s in previous:
         signal.signal(s, handler)
     try:
         yield
     finally:
+        _active = outer
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def protected() -> Iterator[None]:
+    """A section that a cancel must not split (e.g. renaming a result into place and
+    announcing it): a signal arriving inside is raised when the section ends."""
+    state = _active
+    if state is None:
+        yield
+        return
+    state.protecting += 1
+    try:
+        yield
+    finally:
+        state.protecting -= 1
+    if not state.protecting and state.deferred and not state.fired and not state.finished:
+        signum, state.deferred = state.deferred, None
+        state.fired.append(signum)
+        raise _cancelled(signum)
+
+
+def finish() -> None:
+    """The run is complete: from now on a signal is ignored (the results are all in place)."""
+    if _active is not None:
+        _active.finished = True

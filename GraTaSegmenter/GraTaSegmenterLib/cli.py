@@ -72,6 +72,9 @@ def _cmd_adapt(args: argparse.Namespace, emit) -> int:
     segmenter = Segmenter(_options(args), emit=emit, progress=not args.events)
     args._segmenter = segmenter
     results = segmenter.run(args.inputs, args.output)
+    from .cancel import finish
+
+    finish()  # every result is in place: a signal from now on changes nothing
     emit("done", outputs=len(results), seconds=round(time.perf_counter() - start, 3))
     if not args.events:
         for paths in results:
@@ -215,11 +218,24 @@ def _message(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = argv is None  # run as the program (not called from Python)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    finally:
+        if program:
+            # The run is over and reported: a late Ctrl+C must not print a traceback on the way out.
+            import signal
+
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, signal.SIG_IGN)
+
+
+def _main(argv: list[str]) -> int:
     from .cancel import Cancelled, cancel_on_signals
     from .errors import is_out_of_memory
     from .events import EventWriter, no_events
 
-    argv = list(sys.argv[1:] if argv is None else argv)
     real_stdout = sys.stdout
     emit = no_events
     args = None

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import choices, imageio, outputs
+from . import cancel, choices, imageio, outputs
 from .choices import DEVICES, GRADIENT_METHODS, METHODS as METHOD_NAMES, MODES
 from .errors import ConfigurationError, InputError
 from .events import VERSION, EventSink, no_events
@@ -504,18 +504,21 @@ class Segmenter:
             loaded = imageio.read_image(path)
             prediction = self.segment(loaded, input_index=i)
             names = outputs.file_names(loaded.is_nifti)
+            last = i == len(inputs) - 1
+            state = Path(opts.save_state).absolute() if opts.save_state and last else None
             with outputs.StagedFolder(outdir, name, opts.overwrite) as folder:
                 written = self.write_outputs(loaded, prediction, folder, names)
-                final = folder.commit()
-            paths = {kind: str(final / filename) for kind, filename in written.items()}
-            if opts.save_state and i == len(inputs) - 1:
-                state = Path(opts.save_state).absolute()
-                with outputs.disk_errors(state.parent):
-                    self.method.save_state(state)
-                paths["state"] = str(state)
-            results.append(paths)
-            self.kept.append(str(path))
-            self.emit("output", input_index=i, input=str(path), paths=paths)
+                if state is not None:  # before the commit: a failure here leaves no folder behind
+                    with outputs.disk_errors(state.parent):
+                        self.method.save_state(state)
+                with cancel.protected():  # the folder in place and its output event, or neither
+                    final = folder.commit()
+                    paths = {kind: str(final / filename) for kind, filename in written.items()}
+                    if state is not None:
+                        paths["state"] = str(state)
+                    results.append(paths)
+                    self.kept.append(str(path))
+                    self.emit("output", input_index=i, input=str(path), paths=paths)
             self.current_input = None
         return results
 
