@@ -399,3 +399,28 @@ def test_late_ctrl_c_of_the_program_prints_no_traceback(tmp_path, model2d):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                           env=engine_environment(os.environ, MODULE_DIR))
     assert proc.returncode == 0 and "Traceback" not in proc.stderr and "KeyboardInterrupt" not in proc.stderr
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+@pytest.mark.parametrize("delay", [0.3, 0.7, 1.2, 2.0])
+def test_sigterm_during_start_up_is_a_clean_cancel(tmp_path, model2d, delay):
+    """While torch is being imported and the model loaded: exit 130, one Cancelled event, nothing left."""
+    import signal
+    import time
+
+    eye = write_picture(tmp_path / "eye.png", fundus_like())
+    command = [sys.executable, "-m", "GraTaSegmenterLib.cli", *map(str, _adapt([eye], tmp_path / "out", model2d))]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=engine_environment(os.environ, MODULE_DIR))
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    stream = parse_events(out)
+    if proc.returncode == 0:  # it had finished already: then the stream says so
+        assert stream[-1]["event"] == "done"
+        return
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert [e["event"] for e in stream].count("error") == 1 and stream[-1]["kind"] == "Cancelled", stream
+    assert "internal error" not in err and "Traceback" not in err
+    out_dir = tmp_path / "out"
+    assert not out_dir.exists() or not [p for p in out_dir.iterdir() if ".partial-" in p.name]

@@ -65,8 +65,11 @@ def _options(args: argparse.Namespace):
 
 
 def _cmd_adapt(args: argparse.Namespace, emit) -> int:
-    _use_threads(args)
-    from .segment import Segmenter
+    from .cancel import protected
+
+    with protected():  # a signal while torch is imported would break the import: it waits for its end
+        _use_threads(args)
+        from .segment import Segmenter
 
     start = time.perf_counter()
     segmenter = Segmenter(_options(args), emit=emit, progress=not args.events)
@@ -83,8 +86,12 @@ def _cmd_adapt(args: argparse.Namespace, emit) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, emit) -> int:
-    _use_threads(args)
-    from .demo import run_demo
+    from .cancel import protected
+
+    with protected():
+        _use_threads(args)
+        from .demo import run_demo
+        from .segment import Segmenter  # noqa: F401 (torch and the engine, imported while signals wait)
 
     run_demo(output=args.output, samples=args.samples, model=args.model, steps=args.steps, device=args.device,
              overwrite=args.overwrite, seed=args.seed)

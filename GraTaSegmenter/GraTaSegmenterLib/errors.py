@@ -32,10 +32,15 @@ OOM_ADVICE = ("out of memory on {device} while {doing}. Use a smaller batch (few
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
-    """True for the out-of-memory errors of every torch backend."""
-    import torch
+    """True for the out-of-memory errors of every torch backend. Never imports torch: when the
+    error came from a half-finished import (a signal during start-up), importing it again fails."""
+    import sys
 
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if isinstance(oom, type) and isinstance(exc, oom):
         return True
     text = str(exc)
     return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text
