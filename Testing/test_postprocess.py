@@ -188,3 +188,16 @@ def test_command_line_reports_and_switches_it_off(tmp_path):
             assert [s["segment"] for s in pp[0]["segments"]] == ["optic disc", "optic cup"]
             assert json.loads((folder / "postprocessing.json").read_text(encoding="utf-8")) == pp[0]["segments"]
             assert "post-processing: optic disc:" in err
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (20, 40, 40)])
+def test_hole_filling_equals_scipys(shape):
+    """The one-pass fill gives exactly scipy.ndimage.binary_fill_holes (which iterates dilations)."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        mask = ndimage.binary_dilation(rng.random(shape) < 0.08) & ~(rng.random(shape) < 0.05)
+        filled, holes = postprocess._fill(mask)
+        np.testing.assert_array_equal(filled, ndimage.binary_fill_holes(mask))
+        assert holes == ndimage.label(filled & ~mask)[1]

@@ -85,12 +85,22 @@ def _largest(mask: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def _fill(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    filled = ndimage.binary_fill_holes(mask)
-    added = filled & ~mask
-    if not added.any():
+    """Holes: background components (face connectivity, the complement of the foreground's full
+    connectivity) that do not touch the border. One labelling pass: scipy's binary_fill_holes
+    iterates dilations, which takes seconds on a 300-slice volume."""
+    background = ~mask
+    labels, n = ndimage.label(background)
+    if n == 0:
         return mask, 0
-    _labels, holes = ndimage.label(added)
-    return filled, int(holes)
+    outside = np.zeros(n + 1, dtype=bool)
+    for axis in range(mask.ndim):
+        for index in (0, -1):
+            outside[np.unique(np.take(labels, index, axis=axis))] = True
+    outside[0] = True  # label 0 is the foreground itself
+    holes = int(n + 1 - np.count_nonzero(outside))
+    if holes == 0:
+        return mask, 0
+    return mask | ~outside[labels], holes
 
 
 def _apply_rule(mask: np.ndarray, rule, voxel_size: float, report: SegmentReport) -> np.ndarray:
