@@ -82,3 +82,12 @@ def test_format_seconds():
     assert format_seconds(125) == "2 min 05 s"
     assert format_seconds(3 * 3600 + 60) == "3 h 01 min"
     assert format_seconds(None) == "?"
+
+
+def test_post_processing_reports_reach_the_panel():
+    progress = RunProgress()
+    line = json.dumps({"event": "postprocess", "time": 1.0, "input_index": 0, "input": "eye.png",
+                       "segments": [{"segment": "optic disc", "text": "optic disc: 14 islands removed"},
+                                    {"segment": "optic cup", "text": "optic cup: unchanged"}]})
+    progress.update(parse_line(line))
+    assert progress.postprocess == ["optic disc: 14 islands removed", "optic cup: unchanged"]

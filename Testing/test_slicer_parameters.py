@@ -82,3 +82,12 @@ def test_environment_puts_the_library_first_and_unbuffers(tmp_path):
     env = engine_environment({"PYTHONPATH": os.pathsep.join(["/x", str(tmp_path)]), "HOME": "/h"}, tmp_path)
     assert env["PYTHONPATH"].split(os.pathsep) == [str(tmp_path), "/x"]
     assert env["PYTHONUNBUFFERED"] == "1" and env["HOME"] == "/h"
+
+
+def test_post_processing_is_on_by_default_and_its_check_box_turns_it_off(tmp_path):
+    on = adapt_command(["python"], tmp_path / "in.nrrd", tmp_path / "out", tmp_path / "m.safetensors",
+                       AdaptParameters())
+    off = adapt_command(["python"], tmp_path / "in.nrrd", tmp_path / "out", tmp_path / "m.safetensors",
+                        AdaptParameters(postprocess=False))
+    assert "--no-postprocess" not in on and off[-3:] == ["--no-postprocess", "--events", "--overwrite"]
+    assert AdaptParameters.from_settings(AdaptParameters(postprocess=False).to_settings()).postprocess is False
