@@ -88,10 +88,12 @@ def _cmd_adapt(args: argparse.Namespace, emit) -> int:
 def _cmd_demo(args: argparse.Namespace, emit) -> int:
     from .cancel import protected
 
-    with protected():
+    with protected():  # torch and the engine are imported while signals wait
         _use_threads(args)
+        import importlib
+
+        importlib.import_module(".segment", __package__)
         from .demo import run_demo
-        from .segment import Segmenter  # noqa: F401 (torch and the engine, imported while signals wait)
 
     run_demo(output=args.output, samples=args.samples, model=args.model, steps=args.steps, device=args.device,
              overwrite=args.overwrite, seed=args.seed)
