@@ -424,3 +424,29 @@ def test_sigterm_during_start_up_is_a_clean_cancel(tmp_path, model2d, delay):
     assert "internal error" not in err and "Traceback" not in err
     out_dir = tmp_path / "out"
     assert not out_dir.exists() or not [p for p in out_dir.iterdir() if ".partial-" in p.name]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_a_run_killed_while_writing_leaves_staging_that_the_next_run_removes(tmp_path, model2d):
+    """SIGKILL (the panel's last resort) cannot be cleaned up after; the next run in the folder does it."""
+    import signal
+    import time
+
+    eye = write_picture(tmp_path / "eye.png", fundus_like(1200, 1200))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "GraTaSegmenterLib.cli",
+                             *map(str, _adapt([eye], out, model2d))], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=engine_environment(os.environ, MODULE_DIR))
+    end = time.monotonic() + 120
+    while time.monotonic() < end and not (out.is_dir() and [p for p in out.iterdir() if ".partial-" in p.name]):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    left = [p.name for p in out.iterdir() if ".partial-" in p.name]
+    if not left:
+        pytest.skip("the run committed before the kill landed")
+    other = write_picture(tmp_path / "other.png", fundus_like(seed=4))
+    code, stdout, err = run_child(_adapt([other], out, model2d))
+    assert code == 0, err
+    assert f"removed {out / left[0]}, left by an earlier run that was killed" in err
+    assert sorted(p.name for p in out.iterdir()) == ["other"]

@@ -68,3 +68,31 @@ def test_enospc_becomes_disk_full(tmp_path):
     with pytest.raises(DiskFull, match="is full"):
         with disk_errors(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_stale_staging_of_a_killed_run_is_removed_and_nothing_else(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from GraTaSegmenterLib.outputs import remove_stale_staging
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has exited
+    live = str(os.getppid())
+    names = {f".eye.partial-{dead}-abc123": True, f".eye.old-{dead}-x_9": True,
+             f".eye.partial-{live}-abc123": False, f".eye.partial-{os.getpid()}-mine": False,
+             ".eye.partial-notapid-abc": False, "eye.partial-1-abc": False, "my results": False}
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "labelmap.nrrd").write_text("x")
+    removed = remove_stale_staging(tmp_path)
+    assert sorted(removed) == sorted(n for n, stale in names.items() if stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, stale in names.items() if not stale)
+
+
+def test_staging_folders_carry_the_owner_pid(tmp_path):
+    import os
+
+    with StagedFolder(tmp_path, "eye") as folder:
+        assert folder.tmp.name.startswith(f".eye.partial-{os.getpid()}-")

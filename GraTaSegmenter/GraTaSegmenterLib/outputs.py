@@ -1,7 +1,7 @@
 """Writing a run's outputs atomically.
 
 Each input's outputs are written into a temporary sibling folder inside the
-output folder (``OUTDIR/.<name>.partial-XXXX``) and renamed to
+output folder (``OUTDIR/.<name>.partial-<pid>-XXXX``) and renamed to
 ``OUTDIR/<name>`` only when every file is complete. On any error or a cancel
 the temporary folder is removed, so an output folder either holds a complete
 result or nothing. Running out of disk space becomes :class:`DiskFull`, an
@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -96,6 +97,39 @@ def is_complete_result(folder: Path) -> bool:
         bool(names & {"labelmap.nrrd", "labelmap.nii.gz"})
 
 
+_STAGING = re.compile(r"^\..+\.(partial|old)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process, or cannot tell: treat as alive
+    return True
+
+
+def remove_stale_staging(outdir: Path) -> list[str]:
+    """Remove staging folders of earlier runs that were killed before they could clean up
+    (e.g. SIGKILL while writing): only folders named as :class:`StagedFolder` names them, and
+    only when the process that made them is gone. Returns the names removed."""
+    removed = []
+    if not outdir.is_dir():
+        return removed
+    for entry in outdir.iterdir():
+        match = _STAGING.match(entry.name)
+        if not match or not entry.is_dir() or entry.is_symlink():
+            continue
+        pid = int(match["pid"])
+        if pid == os.getpid() or _alive(pid):
+            continue
+        shutil.rmtree(entry, ignore_errors=True)
+        if not entry.exists():
+            removed.append(entry.name)
+    return removed
+
+
 class StagedFolder:
     """A temporary folder that becomes ``outdir/name`` on :meth:`commit`.
 
@@ -110,7 +144,7 @@ class StagedFolder:
         self.target = check_target(self.outdir, name, overwrite)
         with disk_errors(self.outdir):
             self.outdir.mkdir(parents=True, exist_ok=True)
-            self.tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=self.outdir))
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-{os.getpid()}-", dir=self.outdir))
         self.committed = False
 
     def path(self, filename: str) -> Path:
@@ -125,7 +159,7 @@ class StagedFolder:
         with disk_errors(self.outdir):
             os.chmod(self.tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for the staging only
             if self.target.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{self.name}.old-", dir=self.outdir))
+                old = Path(tempfile.mkdtemp(prefix=f".{self.name}.old-{os.getpid()}-", dir=self.outdir))
                 os.replace(self.target, old / "result")
             os.replace(self.tmp, self.target)
         self.committed = True

@@ -481,6 +481,8 @@ class Segmenter:
         inputs = [Path(p) for p in inputs]
         targets = result_names(inputs)
         self.inputs, self.kept, self.skipped = inputs, [], []
+        for stale in outputs.remove_stale_staging(outdir):
+            self.log(f"removed {outdir / stale}, left by an earlier run that was killed")
         existing = {name for name in targets if opts.skip_existing and outputs.is_complete_result(outdir / name)}
         check_inputs_and_targets(inputs, targets, outdir, opts.overwrite, skip=existing)
         if opts.save_state:
