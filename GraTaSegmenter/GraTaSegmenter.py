@@ -697,6 +697,7 @@ class GraTaSegmenterTest(ScriptedLoadableModuleTest):
                 logic.updatePlot(logic.run.progress)
             slicer.app.processEvents()
             time.sleep(0.05)
+        self.assertFalse(logic.run.state.busy, "the run did not end in time")
         logic.finish(parameterNode)
 
     def test_AdaptThreeStepsOnSample(self):

@@ -67,11 +67,10 @@ def markdown_tables(paper: list[dict], episodic: list[dict], source_row: dict | 
                    ("cup_dice", "Cup Dice (%)"), ("disc_asd", "Disc ASD (px)"), ("cup_asd", "Cup ASD (px)"),
                    ("disc_components", "Disc connected components per mask"),
                    ("cup_components", "Cup connected components per mask")]
-        if all("pp_mean_dice" in c for c in cell.values()):
-            metrics += [("pp_" + k, t + ", with post-processing") for k, t in metrics]
+        metrics += [("pp_" + k, t + ", with post-processing") for k, t in metrics]
         for metric, title in metrics:
             if not all(metric in c for c in cell.values()):
-                continue  # results of an older run
+                continue  # not measured (no post-processing rules, or results of an older run)
             out.append(f"### {title}, paper protocol (continual, 1 step per image)\n")
             out.append("| method | " + " | ".join(targets) + " | mean over targets |")
             out.append("|---|" + "---:|" * (len(targets) + 1))

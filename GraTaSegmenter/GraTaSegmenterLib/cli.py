@@ -64,19 +64,28 @@ def _options(args: argparse.Namespace):
                    skip_existing=args.skip_existing)
 
 
-def _cmd_adapt(args: argparse.Namespace, emit) -> int:
+def _load_engine(args: argparse.Namespace) -> None:
+    """Import torch and the engine with signals held back: a signal in the middle of torch's
+    import would break it (and the interpreter); it is raised once the import is done."""
+    import importlib
+
     from .cancel import protected
 
-    with protected():  # a signal while torch is imported would break the import: it waits for its end
+    with protected():
         _use_threads(args)
-        from .segment import Segmenter
+        importlib.import_module(".segment", __package__)
+
+
+def _cmd_adapt(args: argparse.Namespace, emit) -> int:
+    from .cancel import finish
+
+    _load_engine(args)
+    from .segment import Segmenter
 
     start = time.perf_counter()
     segmenter = Segmenter(_options(args), emit=emit, progress=not args.events)
     args._segmenter = segmenter
     results = segmenter.run(args.inputs, args.output)
-    from .cancel import finish
-
     finish()  # every result is in place: a signal from now on changes nothing
     emit("done", outputs=len(results), seconds=round(time.perf_counter() - start, 3))
     if not args.events:
@@ -86,14 +95,8 @@ def _cmd_adapt(args: argparse.Namespace, emit) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace, emit) -> int:
-    from .cancel import protected
-
-    with protected():  # torch and the engine are imported while signals wait
-        _use_threads(args)
-        import importlib
-
-        importlib.import_module(".segment", __package__)
-        from .demo import run_demo
+    _load_engine(args)
+    from .demo import run_demo
 
     run_demo(output=args.output, samples=args.samples, model=args.model, steps=args.steps, device=args.device,
              overwrite=args.overwrite, seed=args.seed)
@@ -198,9 +201,6 @@ def _add_demo(sub) -> None:
     p.add_argument("--device", default=choices.DEFAULT_DEVICE, choices=DEVICES)
     p.add_argument("--seed", type=_seed, default=choices.DEFAULT_SEED)
     _add_threads(p)
-    p.add_argument("--no-postprocess", action="store_true",
-                   help="keep the network's masks as they are, without the model card's anatomical rules "
-                        "(e.g. one disc, the cup inside it, no holes)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results in OUTDIR")
     p.set_defaults(func=_cmd_demo, events=False)
 

@@ -106,17 +106,12 @@ def _summary_picture(path: Path, rows: list[dict], colors) -> None:
     os.replace(tmp, path)
 
 
-def components(mask: np.ndarray) -> int:
-    from .postprocess import components as count
-
-    return count(mask)
-
-
 def run_demo(output: str | os.PathLike = "grata-demo", samples: str | None = None, model: str | None = None,
              steps: int = 10, device: str = "auto", overwrite: bool = False, seed: int = 0,
              print_to=None) -> dict:
     """Run the demo; returns the Dice table (also written to ``OUTDIR/summary.json``)."""
     from .outputs import disk_errors
+    from .postprocess import components
     from .segment import Options, Segmenter
 
     out = print_to or sys.stdout

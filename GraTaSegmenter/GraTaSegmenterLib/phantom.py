@@ -516,8 +516,10 @@ def _spot(n: int, cx: float, cy: float, rx: float, ry: float, angle: float, x, y
 
 
 def _artefacts(img: np.ndarray, anatomy: _Anatomy, profile: AcquisitionProfile, rng) -> None:
-    """In place, before the camera: reflections, lesions, an eyelash shadow (centres G-H).
+    """In place, before the camera: reflections, lesions, an eyelash shadow (centre G).
     The masks are unchanged: none of them is disc or cup."""
+    if not (profile.reflections or profile.lesions or profile.eyelash_shadow):
+        return
     n = img.shape[1]
     x, y = _axes(n)
     d = anatomy.disc

@@ -63,12 +63,14 @@ class Report:
         return [dict(vars(s), text=s.text()) for s in self.segments]
 
 
-def _structure(ndim: int) -> np.ndarray:
-    return ndimage.generate_binary_structure(ndim, ndim)
+def _label(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Connected components with full connectivity (8 neighbours in 2D, 26 in 3D)."""
+    mask = np.asarray(mask, bool)
+    return ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, mask.ndim))
 
 
 def _remove_small(mask: np.ndarray, min_voxels: float) -> tuple[np.ndarray, int]:
-    labels, n = ndimage.label(mask, structure=_structure(mask.ndim))
+    labels, n = _label(mask)
     if n == 0:
         return mask, 0
     sizes = np.bincount(labels.ravel())[1:]
@@ -77,7 +79,7 @@ def _remove_small(mask: np.ndarray, min_voxels: float) -> tuple[np.ndarray, int]
 
 
 def _largest(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    labels, n = ndimage.label(mask, structure=_structure(mask.ndim))
+    labels, n = _label(mask)
     if n <= 1:
         return mask, 0
     sizes = np.bincount(labels.ravel())[1:]
@@ -117,12 +119,12 @@ def _apply_rule(mask: np.ndarray, rule, voxel_size: float, report: SegmentReport
     return mask
 
 
-def order_rules(rules: Sequence, classes: Sequence) -> list:
+def order_rules(rules: Sequence) -> list:
     """Rules in an order where every ``inside`` segment comes before the segments inside it."""
     pending, done, ordered = list(rules), set(), []
+    ruled = {r.segment for r in rules}
     while pending:
-        ready = [r for r in pending if r.inside is None or r.inside in done or
-                 r.inside not in {x.segment for x in rules}]
+        ready = [r for r in pending if r.inside is None or r.inside in done or r.inside not in ruled]
         if not ready:
             raise ValueError("post-processing rules contain a cycle of 'inside'")
         for r in ready:
@@ -140,13 +142,12 @@ def apply(masks: np.ndarray, classes: Sequence, rules: Sequence, spacing: Sequen
     which ``per_slice`` rules work (the through-plane axis of a 2D model on a
     volume; ignored for 2D images). Returns new masks (uint8) and a report.
     """
-    masks = np.asarray(masks).astype(bool)
+    out = np.asarray(masks).astype(bool)  # a copy: the caller's masks are not changed
     names = [c.name for c in classes]
-    out = masks.copy()
     report = Report()
-    spatial = masks.shape[1:]
+    spatial = out.shape[1:]
     spacing = tuple(float(s) for s in spacing)
-    for rule in order_rules(rules, classes):
+    for rule in order_rules(rules):
         k = names.index(rule.segment)
         seg = SegmentReport(rule.segment, inside=rule.inside, voxels_before=int(out[k].sum()))
         mask = out[k]
@@ -169,4 +170,4 @@ def apply(masks: np.ndarray, classes: Sequence, rules: Sequence, spacing: Sequen
 
 def components(mask: np.ndarray) -> int:
     """Number of connected components (full connectivity) of a binary mask."""
-    return int(ndimage.label(np.asarray(mask, bool), structure=_structure(np.ndim(mask)))[1])
+    return int(_label(mask)[1])

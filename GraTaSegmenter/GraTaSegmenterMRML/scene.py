@@ -1,7 +1,6 @@
 """Writing the input, reading the results, and the live plot (see the package docstring)."""
 
 import slicer
-import vtk
 
 
 def writeVolume(volumeNode, path):
@@ -43,10 +42,8 @@ def readVolume(path, scene, target=None, name="Volume"):
     _ownScene, loaded = _readInOwnScene(path, "vtkMRMLScalarVolumeNode", slicer.vtkMRMLVolumeArchetypeStorageNode)
     if target is None:
         target = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", scene.GenerateUniqueName(name))
-    image = vtk.vtkImageData()
-    image.DeepCopy(loaded.GetImageData())
     target.CopyOrientation(loaded)
-    target.SetAndObserveImageData(image)
+    target.SetAndObserveImageData(loaded.GetImageData())  # reference counted: outlives its own scene
     target.CreateDefaultDisplayNodes()
     return target
 
