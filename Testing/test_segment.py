@@ -12,7 +12,8 @@ from GraTaSegmenterLib.errors import InputError
 from GraTaSegmenterLib.models import ModelCard, save_model
 from GraTaSegmenterLib.models.fundus import FUNDUS_CLASSES
 from GraTaSegmenterLib.models.unet import UNet
-from GraTaSegmenterLib.segment import Options, Segmenter, _Feeder, labels_from_masks, match_channels
+from GraTaSegmenterLib.imageio import labels_from_masks
+from GraTaSegmenterLib.segment import Options, Segmenter, _Feeder, match_channels
 from test_cli_support import fundus_like, tiny_2d_model, volume, write_picture, write_volume
 
 

@@ -96,6 +96,7 @@ def test_a_workspace_is_removed_with_everything_in_it(tmp_path):
 def test_continual_state_is_replaced_only_on_success_and_forgotten_on_reset(tmp_path):
     state = ContinualState(tmp_path)
     assert state.load_path() is None and not state.active
+    assert not state.commit() and list(tmp_path.iterdir()) == []  # after an episodic run: no folder made
     state.pending_path.write_bytes(b"after case 1")
     assert state.commit() and state.load_path().read_bytes() == b"after case 1"
     state.pending_path.write_bytes(b"half-written by a cancelled run")

@@ -205,6 +205,31 @@ def _add_demo(sub) -> None:
     p.set_defaults(func=_cmd_demo, events=False)
 
 
+def _web(options: list[str]) -> int:
+    """Hand over to the web front-end in a process of its own: the engine never imports
+    trame or slicer, and the server's process holds neither torch nor the engine."""
+    import importlib.util
+    import subprocess
+
+    for needed in ("GraTaSegmenterWeb", "trame_slicer"):
+        if importlib.util.find_spec(needed) is None:
+            raise UsageError(f"the web page needs {needed}, which is not installed; install the 'web' extra "
+                             f"(pip install -e '.[web]' in the source folder, or `make web`)")
+    command = [sys.executable, "-m", "GraTaSegmenterWeb", *options]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execv(sys.executable, command)  # signals (Ctrl-C, SIGTERM) reach the server itself
+    return subprocess.call(command)
+
+
+def _add_web(sub) -> None:
+    # Listed for --help only: main() hands `web ...` over before parsing, and the options
+    # are the server's own (GraTaSegmenterWeb.server, one definition).
+    sub.add_parser("web", help="serve the page: open, adapt, watch, correct and save in a browser "
+                               "(grata-segmenter web --help for its options)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="grata-segmenter",
                      description="Adapt segmentation networks to new images at test time (GraTa) and segment them.")
@@ -215,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_cmd_info, events=False)
     _add_adapt(sub)
     _add_demo(sub)
+    _add_web(sub)
     return parser
 
 
@@ -229,6 +255,12 @@ def _message(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     program = argv is None  # run as the program (not called from Python)
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["web"]:
+        try:
+            return _web(argv[1:])
+        except UsageError as exc:
+            print(f"grata-segmenter: error: {exc}", file=sys.stderr)
+            return EXIT_USER_ERROR
     try:
         return _main(argv)
     finally:

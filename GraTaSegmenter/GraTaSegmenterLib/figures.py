@@ -3,39 +3,46 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 
-def plot_adaptation(records: Sequence[dict], path: Path, title: str = "") -> None:
-    """Cosine of the two gradients and the learning rate of each step (matplotlib, Agg)."""
+def plot_adaptation(records: Sequence[dict], path: Path | BinaryIO, title: str = "", fmt: str | None = None,
+                    size: tuple[float, float] = (6.4, 4.0)) -> None:
+    """Cosine of the two gradients and the learning rate of each step (matplotlib, Agg).
+
+    ``path`` is a file name or a binary file object (then ``fmt``, e.g. ``"svg"``,
+    says the format: the web page draws its live plot with this function). The
+    two curves carry the SVG ids ``cosine`` and ``lr``, one marker per step."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
-    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    fig = Figure(figsize=size, dpi=100)
     ax_cos, ax_lr = fig.subplots(2, 1, sharex=True)
     steps = [r["step"] for r in records]
     cosine = [np.nan if r.get("cosine") is None else r["cosine"] for r in records]
     lr = [np.nan if r.get("lr") is None else r["lr"] for r in records]
     if records:
-        ax_cos.plot(steps, cosine, marker="o", color="tab:blue")
-        ax_lr.plot(steps, lr, marker="o", color="tab:orange")
+        ax_cos.plot(steps, cosine, marker="o", color="tab:blue", gid="cosine")
+        ax_lr.plot(steps, lr, marker="o", color="tab:orange", gid="lr")
     else:
         ax_cos.text(0.5, 0.5, "no adaptation steps", ha="center", va="center", transform=ax_cos.transAxes)
     ax_cos.axhline(0.0, color="0.7", linewidth=0.8)
     ax_cos.set_ylim(-1.05, 1.05)
-    ax_cos.set_ylabel("cosine(g_aux, g_pse)")
+    ax_cos.set_ylabel("cos(g_aux, g_pse)")
     ax_lr.set_ylabel("learning rate")
     ax_lr.set_xlabel("step")
+    ax_lr.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
         ax_cos.set_title(title)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, format=fmt)
 
 
 def display_rgb(array: np.ndarray) -> np.ndarray:

@@ -322,6 +322,15 @@ def write_image(image: sitk.Image, path: str | os.PathLike, compress: bool = Tru
         raise OSError(f"cannot write {Path(path).name} ({_first_line(exc)})") from None
 
 
+def labels_from_masks(masks: np.ndarray, classes) -> np.ndarray:
+    """One labelmap from per-class masks: pixels take the label of the last listed
+    class that covers them. Here, torch-free, so that the web page saves with it too."""
+    labels = np.zeros(masks.shape[1:], dtype=np.uint8)
+    for mask, c in zip(masks, classes):
+        labels[mask.astype(bool)] = c.label
+    return labels
+
+
 # -- Slicer segmentation (.seg.nrrd) -------------------------------------------------------------
 
 def _code_text(code) -> str:
@@ -344,11 +353,14 @@ def _nrrd_value(text: str) -> str:
 
 
 def segmentation_metadata(classes, nonempty: Sequence[bool], size: Sequence[int], origin, spacing,
-                          direction: np.ndarray) -> dict[str, str]:
+                          direction: np.ndarray, tags: Sequence[str | None] | None = None) -> dict[str, str]:
     """Slicer's segmentation header fields for one layer per class.
 
     ``size`` is the (i, j, k) size of the file; ``nonempty[i]`` whether layer
-    i has a voxel set (an empty segment gets Slicer's empty extent).
+    i has a voxel set (an empty segment gets Slicer's empty extent). ``tags[i]``,
+    when given and not None, is layer i's terminology entry as Slicer stores it
+    (a corrected segmentation keeps the entries its segments have); otherwise
+    the entry is made from the class's codes.
     """
     ijk_to_lps = np.eye(4)
     ijk_to_lps[:3, :3] = direction * np.asarray(spacing)[None, :]
@@ -367,7 +379,8 @@ def segmentation_metadata(classes, nonempty: Sequence[bool], size: Sequence[int]
     }
     for i, c in enumerate(classes):
         extent = extent_full if nonempty[i] else [0, -1, 0, -1, 0, -1]
-        tags = f"TerminologyEntry:{terminology_entry(c)}|" if c.type is not None else "|"
+        entry = tags[i] if tags is not None and tags[i] else terminology_entry(c) if c.type is not None else None
+        segment_tags = f"TerminologyEntry:{entry}|" if entry else "|"
         meta.update({
             f"Segment{i}_ID": f"Segment_{c.label}",
             f"Segment{i}_Name": c.name,
@@ -377,12 +390,13 @@ def segmentation_metadata(classes, nonempty: Sequence[bool], size: Sequence[int]
             f"Segment{i}_Layer": str(i),
             f"Segment{i}_LabelValue": "1",
             f"Segment{i}_Extent": " ".join(map(str, extent)),
-            f"Segment{i}_Tags": tags,
+            f"Segment{i}_Tags": segment_tags,
         })
     return {k: _nrrd_value(v) for k, v in meta.items()}
 
 
-def write_seg_nrrd(path: str | os.PathLike, masks: np.ndarray, reference: sitk.Image, classes) -> None:
+def write_seg_nrrd(path: str | os.PathLike, masks: np.ndarray, reference: sitk.Image, classes,
+                   tags: Sequence[str | None] | None = None) -> None:
     """Write a Slicer segmentation: one binary layer per class (overlaps allowed).
 
     ``masks`` is ``(N, *spatial)`` in numpy order ((N, H, W) for a 2D input,
@@ -399,7 +413,7 @@ def write_seg_nrrd(path: str | os.PathLike, masks: np.ndarray, reference: sitk.I
     data = np.ascontiguousarray(np.moveaxis(masks, 0, -1))
     sizes = [masks.shape[0], masks.shape[3], masks.shape[2], masks.shape[1]]
     nonempty = [bool(m.any()) for m in masks]
-    meta = segmentation_metadata(classes, nonempty, sizes[1:], origin, spacing, direction)
+    meta = segmentation_metadata(classes, nonempty, sizes[1:], origin, spacing, direction, tags)
     columns = [direction[:, j] * spacing[j] for j in range(3)]
     header = [
         "NRRD0004",

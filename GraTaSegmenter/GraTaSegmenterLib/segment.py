@@ -229,14 +229,6 @@ class Prediction:
     postprocess: list[dict[str, Any]] | None = None  # what the card's rules did, None when not applied
 
 
-def labels_from_masks(masks: np.ndarray, classes) -> np.ndarray:
-    """Pixels take the label of the last listed class that covers them."""
-    labels = np.zeros(masks.shape[1:], dtype=np.uint8)
-    for mask, c in zip(masks, classes):
-        labels[mask.astype(bool)] = c.label
-    return labels
-
-
 def normalised_entropy(probs: torch.Tensor, output: str) -> torch.Tensor:
     """Per-pixel uncertainty in [0, 1]: sigmoid outputs the mean binary entropy (bits)
     of the channels, softmax outputs the entropy divided by log(channels)."""
@@ -403,7 +395,7 @@ class Segmenter:
         masks, report = postprocess.apply(prediction.masks, self.card.classes, self.card.postprocess, spacing,
                                           slice_axis)
         prediction.masks = masks
-        prediction.labels = labels_from_masks(masks, self.card.classes)
+        prediction.labels = imageio.labels_from_masks(masks, self.card.classes)
         prediction.postprocess = report.to_list()
         self.emit("postprocess", input_index=input_index, input=str(loaded.path), segments=prediction.postprocess)
         self.log(f"{loaded.path.name}: post-processing: {report.text()}")
@@ -432,7 +424,7 @@ class Segmenter:
             if unc_out is not None:
                 unc_out[index] = normalised_entropy(probs, card.output).cpu().numpy()
             bar.update(1)
-        return Prediction(masks=masks, labels=labels_from_masks(masks, classes), probabilities=probs_out, uncertainty=unc_out)
+        return Prediction(masks=masks, labels=imageio.labels_from_masks(masks, classes), probabilities=probs_out, uncertainty=unc_out)
 
     # -- files ---------------------------------------------------------------------------
     def write_outputs(self, loaded: imageio.LoadedImage, prediction: Prediction, folder: outputs.StagedFolder,

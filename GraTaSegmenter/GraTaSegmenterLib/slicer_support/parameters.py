@@ -22,6 +22,10 @@ from ..choices import DEVICES, LOSSES, METHODS, MODES
 # The same losses, each list led by its default for the panel's combo boxes.
 AUX_LOSSES = LOSSES
 PSEUDO_LOSSES = ("consis",) + tuple(name for name in LOSSES if name != "consis")
+#: the allowed values of each text parameter, for every front-end (the Slicer panel's combo
+#: boxes, the web page's selects) and for :meth:`AdaptParameters.problems`
+CHOICES = {"method": METHODS, "aux_loss": AUX_LOSSES, "pseudo_loss": PSEUDO_LOSSES, "mode": MODES,
+           "device": DEVICES}
 MAX_STEPS = 1000
 MAX_SEED = 2**31 - 1
 
@@ -53,11 +57,10 @@ class AdaptParameters:
     def problems(self) -> list[str]:
         """Everything wrong, in words the user can act on (empty when valid)."""
         out = []
-        for name, value, allowed in (("method", self.method, METHODS), ("mode", self.mode, MODES),
-                                     ("device", self.device, DEVICES), ("aux loss", self.aux_loss, AUX_LOSSES),
-                                     ("pseudo loss", self.pseudo_loss, PSEUDO_LOSSES)):
+        for name, allowed in CHOICES.items():
+            value = getattr(self, name)
             if value not in allowed:
-                out.append(f"{name} must be one of {', '.join(allowed)}, not {value!r}")
+                out.append(f"{name.replace('_', ' ')} must be one of {', '.join(allowed)}, not {value!r}")
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or not 1 <= self.steps <= MAX_STEPS:
             out.append(f"steps must be a whole number from 1 to {MAX_STEPS}, not {self.steps!r}")
         lr = self.learning_rate

@@ -78,7 +78,10 @@ class ContinualState:
         return changed
 
     def commit(self) -> bool:
-        """After a successful run: the state it saved becomes the current one."""
+        """After a successful run: the state it saved becomes the current one. After an
+        episodic run (no state folder made) nothing happens and no folder is made."""
+        if self._dir is None:
+            return False
         pending = self.pending_path
         if not pending.is_file():
             return False

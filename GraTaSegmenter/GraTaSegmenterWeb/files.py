@@ -1,0 +1,147 @@
+"""Where the page's files come from and go to.
+
+The page is served to a browser that may be on another machine, so nothing it
+sends is trusted as a path: a file offered for opening must lie inside the
+``--data`` folder (after symbolic links are resolved), an uploaded file keeps
+only its base name, and a name to save under is one plain file name in the
+chosen folder. Saving never overwrites silently: files are written under a
+temporary name and then *linked* to their final name, which fails when the
+name exists (no window between a check and the write); replacing needs the
+caller's explicit ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+from GraTaSegmenterLib.imageio import SUPPORTED, suffix_of
+
+SEGMENTATION_SUFFIX = ".seg.nrrd"
+LABELMAP_SUFFIX = ".labelmap.nrrd"
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+MAX_LISTED = 2000
+
+
+class FileRefused(ValueError):
+    """A path or name the page may not use; the message says why and what to do."""
+
+
+class NameTaken(FileRefused):
+    """The file to save exists; choose another name or confirm replacing it."""
+
+
+def inside(folder: Path, relative: str) -> Path:
+    """``folder / relative`` resolved, refused when it leads outside ``folder``."""
+    root = folder.resolve()
+    target = (root / relative).resolve()
+    if target != root and root not in target.parents:
+        raise FileRefused(f"{relative} is outside the data folder; choose a file inside {root}")
+    return target
+
+
+def data_entries(folder: Path | None) -> list[str]:
+    """What the page offers to open from ``folder``: image files of a supported
+    format and folders holding DICOM files, as paths relative to it, sorted."""
+    if folder is None or not folder.is_dir():
+        return []
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        here = Path(dirpath)
+        if any(f.lower().endswith(".dcm") for f in filenames) and here != folder:
+            found.append(here.relative_to(folder).as_posix() + "/")
+        for name in sorted(filenames):
+            if not name.startswith(".") and suffix_of(name) in SUPPORTED:
+                found.append((here / name).relative_to(folder).as_posix())
+        if len(found) >= MAX_LISTED:
+            break
+    return sorted(found)[:MAX_LISTED]
+
+
+MODEL_SUFFIXES = (".safetensors", ".pth", ".pt")
+
+
+def model_entries(folder: Path | None) -> list[str]:
+    """Model files in ``folder`` (top level and one below), relative to it."""
+    if folder is None or not folder.is_dir():
+        return []
+    found = [p for pattern in ("*", "*/*") for p in folder.glob(pattern)
+             if p.is_file() and p.name.lower().endswith(MODEL_SUFFIXES) and not p.name.startswith(".")]
+    return sorted(p.relative_to(folder).as_posix() for p in found)[:MAX_LISTED]
+
+
+def plain_name(name: str) -> str:
+    """A user-given file name as one safe name (no folders, no control characters)."""
+    base = Path(str(name).replace("\\", "/")).name.strip()
+    if not base or base in (".", "..") or base.startswith(".") or _UNSAFE.search(base):
+        raise FileRefused(f"{name!r} is not a usable file name; use letters, digits, spaces, '-', '_' and '.' "
+                          f"(no folders, not starting with '.')")
+    return base
+
+
+def save_names(name: str) -> tuple[str, str]:
+    """The segmentation and labelmap file names for a name given on the page."""
+    base = plain_name(name)
+    for suffix in (SEGMENTATION_SUFFIX, LABELMAP_SUFFIX, ".nrrd"):
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    if not base:
+        raise FileRefused(f"{name!r} has no name before its suffix")
+    return base + SEGMENTATION_SUFFIX, base + LABELMAP_SUFFIX
+
+
+def store_uploads(files: Iterable[tuple[str, bytes]], folder: Path) -> Path:
+    """Write uploaded files (name, content) into a new folder under ``folder``: one
+    file is returned as that file, several as their folder (a DICOM series)."""
+    files = list(files)
+    if not files:
+        raise FileRefused("no file was uploaded")
+    target = Path(tempfile.mkdtemp(prefix="upload-", dir=folder))
+    paths = []
+    for name, content in files:
+        path = target / plain_name(name)
+        if path.exists():
+            raise FileRefused(f"two uploaded files are named {path.name}; upload a folder's files once each")
+        path.write_bytes(content)
+        paths.append(path)
+    return paths[0] if len(paths) == 1 else target
+
+
+def commit_files(written: dict[Path, Path], overwrite: bool) -> list[Path]:
+    """Move each temporary file to its final path (same folder). Without
+    ``overwrite`` a final path that exists is never replaced: :class:`NameTaken`
+    is raised before anything is moved and the temporary files are removed."""
+    done: list[Path] = []
+    try:
+        if not overwrite:
+            taken = [final.name for final in written.values() if os.path.lexists(final)]
+            if taken:
+                raise NameTaken(f"{', '.join(taken)} exists in {next(iter(written.values())).parent}; choose "
+                                f"another name, or confirm that it is to be replaced")
+        for temporary, final in written.items():
+            if overwrite:
+                os.replace(temporary, final)
+            else:
+                try:
+                    os.link(temporary, final)  # fails if the name appeared meanwhile
+                except FileExistsError:
+                    raise NameTaken(f"{final.name} appeared in {final.parent} while saving; nothing of it was "
+                                    f"replaced, choose another name") from None
+                except OSError:  # no hard links there (some network or FAT file systems)
+                    if os.path.lexists(final):
+                        raise NameTaken(f"{final.name} exists in {final.parent}; choose another name") from None
+                    os.replace(temporary, final)
+            done.append(final)
+    except BaseException:
+        for final in done if not overwrite else []:
+            final.unlink(missing_ok=True)
+        raise
+    finally:
+        for temporary in written:
+            temporary.unlink(missing_ok=True)
+    return done
