@@ -4,14 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv clean
+.PHONY: test demo web web-screenshots venv clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU build of torch first, so that the dependency below does not pull a CUDA build.
 	$(PY) -m pip install --quiet "torch==2.13.0"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,web]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -21,6 +21,17 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m GraTaSegmenterLib.cli demo -o grata-demo --overwrite
+
+# The web page on http://127.0.0.1:8080/ (PORT=..., DATA=folder of images to open and save into).
+PORT ?= 8080
+DATA ?= grata-web-data
+web: $(STAMP)
+	mkdir -p $(DATA)
+	$(PY) -m GraTaSegmenterLib.cli web --port $(PORT) --data $(DATA)
+
+# The README's screenshots of the page, taken by the browser test (needs /usr/bin/chromium).
+web-screenshots: $(STAMP)
+	GRATA_SCREENSHOTS=$(CURDIR)/Resources $(PY) -m pytest -q Testing/test_web_browser.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

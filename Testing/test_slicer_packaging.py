@@ -69,9 +69,13 @@ def _cmake_names_and_globs() -> tuple[set[str], list[str]]:
     return names, globs
 
 
+NOT_IN_SLICER = ("GraTaSegmenterWeb/",)  # the browser front-end: installed with pip, never into Slicer
+
+
 def test_the_module_cmake_names_every_file_of_the_module_folder():
     names, globs = _cmake_names_and_globs()
     missing = [f for f in _module_files() if f != "CMakeLists.txt" and f not in names
+               and not f.startswith(NOT_IN_SLICER)
                and not any(fnmatch.fnmatch(f, g) for g in globs)]
     assert not missing, "add to GraTaSegmenter/CMakeLists.txt: " + ", ".join(missing)
     stale = [n for n in names if not (MODULE / n).is_file()]
@@ -96,6 +100,17 @@ def test_only_the_module_file_imports_slicer_and_nothing_heavy_at_file_scope():
             tops = {a.name.split(".")[0] for a in node.names} if isinstance(node, ast.Import) \
                 else {(node.module or "").split(".")[0]}
             assert not tops & heavy, f"GraTaSegmenter.py imports {tops & heavy} at file scope"
+    web = MODULE / "GraTaSegmenterWeb"  # the web front-end's server never loads torch (the engine runs apart)
+    for path in web.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                tops = {a.name.split(".")[0] for a in node.names} if isinstance(node, ast.Import) \
+                    else {(node.module or "").split(".")[0]}
+                assert "torch" not in tops, f"{path.name} imports torch"
+                if isinstance(node, ast.ImportFrom) and tops == {"GraTaSegmenterLib"}:
+                    assert not (node.module or "").startswith(("GraTaSegmenterLib.models", "GraTaSegmenterLib.segment",
+                                                               "GraTaSegmenterLib.adaptation")), \
+                        f"{path.name} imports {node.module}, which loads torch"
     support = MODULE / "GraTaSegmenterLib" / "slicer_support"
     for path in support.glob("*.py"):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:

@@ -230,3 +230,16 @@ def test_cancel_mid_run_leaves_the_result_of_the_run_before(web, session):
     assert session.voxel_counts() == counts and session.fingerprint() == fingerprint
     assert [p.name for p in session.work.iterdir() if p.name.startswith("GraTaSegmenter-")] == []
     assert os.listdir(session.data_dir) == ["eye.png"]
+
+
+def test_closing_the_session_mid_run_ends_the_engine_and_removes_its_files(web, app_and_view, tmp_path):
+    from GraTaSegmenterLib.slicer_support.parameters import AdaptParameters
+
+    data = tmp_path / "d"
+    data.mkdir()
+    shutil.copy(SAMPLES / "phantom_B_0.png", data / "eye.png")
+    s = web.WebSession(app_and_view[0], data_dir=data, work_dir=tmp_path)
+    s.open_image(data / "eye.png")
+    run = s.start(AdaptParameters(steps=300), s.default_model)
+    s.wait(timeout=120, on_events=lambda events: "start" in [e.kind for e in events] and s.close())
+    assert not run.tree_alive() and not s.work.exists()

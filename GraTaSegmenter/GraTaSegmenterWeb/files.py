@@ -43,9 +43,15 @@ def inside(folder: Path, relative: str) -> Path:
     return target
 
 
+def is_result(name: str) -> bool:
+    """A segmentation or labelmap this page saved (not an image to adapt)."""
+    return name.lower().endswith((SEGMENTATION_SUFFIX, LABELMAP_SUFFIX))
+
+
 def data_entries(folder: Path | None) -> list[str]:
     """What the page offers to open from ``folder``: image files of a supported
-    format and folders holding DICOM files, as paths relative to it, sorted."""
+    format and folders holding DICOM files, as paths relative to it, sorted
+    (results saved by the page are left out)."""
     if folder is None or not folder.is_dir():
         return []
     found = []
@@ -55,7 +61,7 @@ def data_entries(folder: Path | None) -> list[str]:
         if any(f.lower().endswith(".dcm") for f in filenames) and here != folder:
             found.append(here.relative_to(folder).as_posix() + "/")
         for name in sorted(filenames):
-            if not name.startswith(".") and suffix_of(name) in SUPPORTED:
+            if not name.startswith(".") and suffix_of(name) in SUPPORTED and not is_result(name):
                 found.append((here / name).relative_to(folder).as_posix())
         if len(found) >= MAX_LISTED:
             break

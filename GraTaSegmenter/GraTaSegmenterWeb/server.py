@@ -42,16 +42,24 @@ def check_arguments(args: argparse.Namespace) -> str | None:
     return None
 
 
+def host_warning(host: str) -> str | None:
+    """What a user binding beyond this machine must know, or None for a local address."""
+    if host in LOCAL_HOSTS:
+        return None
+    return (f"listening on {host}: anyone who can reach this address can open the page, read the images of "
+            f"--data and write into it (the page has no login). Put it behind an authenticating proxy, or keep "
+            f"--host 127.0.0.1 and reach it through an SSH tunnel.")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     problem = check_arguments(args)
     if problem:
         print(f"grata-segmenter web: error: {problem}", file=sys.stderr)
         return 2
-    if args.host not in LOCAL_HOSTS:
-        print(f"grata-segmenter web: warning: listening on {args.host}: anyone who can reach this address can "
-              f"open the page, read the images of --data and write into it (there is no login). Put it behind an "
-              f"authenticating proxy, or use --host 127.0.0.1 with an SSH tunnel.", file=sys.stderr)
+    warning = host_warning(args.host)
+    if warning:
+        print(f"grata-segmenter web: warning: {warning}", file=sys.stderr)
 
     from .rendering import choose_offscreen_backend
 

@@ -1,0 +1,161 @@
+"""The page's wiring without a browser: a trame server that is built but not started,
+the page's own (remote) slice view painted through its interactor. The browser test
+(test_web_browser.py) clicks the same controls for real; this one pins what the
+page does with them, and runs where no chromium is installed."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trame_slicer", reason="the web extra is not installed (pip install -e '.[web]')")
+SAMPLE = Path(__file__).resolve().parents[1] / "GraTaSegmenter" / "GraTaSegmenterLib" / "samples" / "phantom_B_0.png"
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def page(tmp_path):
+    from GraTaSegmenterWeb import rendering
+
+    rendering.choose_offscreen_backend()
+    from trame.app import get_server
+
+    from GraTaSegmenterWeb.page import GraTaPage
+
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(SAMPLE, data / "eye.png")
+    (data / "broken.png").write_bytes(SAMPLE.read_bytes()[:300])
+    p = GraTaPage(get_server(f"grata-test-{uuid.uuid4().hex}", client_type="vue3"), data_dir=data)
+    yield p
+    p.close()
+
+
+def _stroke_at_image_corner(page):
+    """A short left-button stroke on the page's slice view, 15 % in from the image's top left."""
+    from vtkmodules.vtkCommonMath import vtkMatrix4x4
+
+    view = page.app.view_manager.get_view("Red")
+    view.render_window().SetSize(500, 500)
+    view.interactor().UpdateSize(500, 500)
+    view.fit_view_to_content()
+    view.render()
+    ijk_to_ras, ras_to_xy = vtkMatrix4x4(), vtkMatrix4x4()
+    page.session.image.volume_node.GetIJKToRASMatrix(ijk_to_ras)
+    vtkMatrix4x4.Invert(view.get_view_node().GetXYToRAS(), ras_to_xy)
+    width, height = page.session.image.spatial_shape[-1], page.session.image.spatial_shape[-2]
+    ras = ijk_to_ras.MultiplyPoint([0.15 * width, 0.15 * height, 0, 1])
+    x, y = (int(round(v)) for v in ras_to_xy.MultiplyPoint(ras)[:2])
+    interactor = view.interactor()
+    interactor.SetEventPosition(x, y)
+    interactor.InvokeEvent("MouseMoveEvent")
+    interactor.InvokeEvent("LeftButtonPressEvent")
+    interactor.SetEventPosition(x + 3, y)
+    interactor.InvokeEvent("MouseMoveEvent")
+    interactor.InvokeEvent("LeftButtonReleaseEvent")
+
+
+def test_the_pages_views_paint_and_its_state_follows(page):
+    from trame_slicer.segmentation import SegmentationEffectPaint
+
+    from GraTaSegmenterLib.slicer_support.process import RunState
+
+    state = page.state
+    assert state.grata_data_entries == ["broken.png", "eye.png"]
+    assert state.grata_model_id == page.session.default_model
+    state.grata_data_choice = "eye.png"
+    page._reported(page.open_data_entry)()
+    assert state.grata_image_name == "eye" and state.grata_message_type == "success"
+    assert page.layouts.layout_id == "picture"
+    state.grata_p_steps = "1"  # as the text field sends it
+    page._reported(page.adapt_or_cancel)()
+    assert state.grata_busy is False or page.session.busy
+    assert page.session.wait(timeout=300) is RunState.Done
+    page._after_poll()
+    assert state.grata_busy is False and state.grata_progress == 100
+    assert state.grata_plot_points == 1 and 'id="cosine"' in state.grata_plot_svg
+    assert [s["name"] for s in state.grata_segments] == ["Optic disc", "Optic cup"]
+    assert state.grata_segments[0]["color"].startswith("#") and not state.grata_corrected
+    disc = state.grata_segments[0]["voxels"]
+
+    # painting with the editor on the page's own view (the views must exist before the
+    # editor registers its effects, or the paint pipelines have no view and nothing is painted)
+    page.app.segmentation_editor.set_active_segment_id(page.session.segment_ids()[0])
+    page.app.segmentation_editor.set_active_effect_type(SegmentationEffectPaint)
+    _stroke_at_image_corner(page)
+    assert state.grata_segments[0]["voxels"] > disc + 50
+    assert state.grata_corrected
+
+    # a run now asks first; declining leaves everything as it is
+    page._reported(page.adapt_or_cancel)()
+    assert state.grata_confirm_open and "corrections" in state.grata_confirm_text
+    assert not page.session.busy
+    page._decline()
+    assert not state.grata_confirm_open and state.grata_corrected
+
+    # saving clears 'corrected'; saving again under the same name asks, Continue replaces
+    state.grata_save_name = "eye web"
+    page._reported(page.save)()
+    assert "Saved eye web.seg.nrrd" in state.grata_message and not state.grata_corrected
+    assert "eye web.seg.nrrd" not in state.grata_data_entries  # not an image to open: a result
+    page._reported(page.save)()
+    assert state.grata_confirm_open and "exists" in state.grata_confirm_text
+    page._confirm()
+    assert not state.grata_confirm_open and "Saved" in state.grata_message
+
+
+def test_a_bad_file_is_one_message_and_the_image_before_stays(page):
+    state = page.state
+    state.grata_data_choice = "eye.png"
+    page._reported(page.open_data_entry)()
+    state.grata_data_choice = "broken.png"
+    page._reported(page.open_data_entry)()
+    assert state.grata_message_type == "error" and "cannot be read" in state.grata_message
+    assert state.grata_image_name == "eye" and page.session.image.name == "eye"
+    state.grata_data_choice = "../../etc/passwd"
+    page._reported(page.open_data_entry)()
+    assert "outside the data folder" in state.grata_message
+    state.grata_p_steps = "many"
+    page._reported(page.adapt_or_cancel)()
+    assert "Steps per image" in state.grata_message and not page.session.busy
+
+
+def test_the_server_warns_beyond_this_machine_and_checks_its_options(tmp_path):
+    import argparse
+
+    from GraTaSegmenterWeb import server
+
+    assert server.host_warning("127.0.0.1") is None and server.host_warning("localhost") is None
+    assert "no login" in server.host_warning("0.0.0.0")
+    ok = argparse.Namespace(port=8080, host="127.0.0.1", data=str(tmp_path))
+    assert server.check_arguments(ok) is None
+    assert "no such folder" in server.check_arguments(argparse.Namespace(port=1, host="x", data=str(tmp_path / "n")))
+    assert "65535" in server.check_arguments(argparse.Namespace(port=70000, host="x", data=None))
+
+
+def test_offscreen_rendering_is_chosen_only_where_there_is_no_screen(monkeypatch):
+    from GraTaSegmenterWeb import rendering
+
+    monkeypatch.setattr(rendering.sys, "platform", "linux")
+    env = {}
+    assert rendering.choose_offscreen_backend(env, find_library=lambda name: "libOSMesa.so.8") == rendering.OSMESA
+    assert env[rendering.VARIABLE] == rendering.OSMESA
+    env = {}
+    assert rendering.choose_offscreen_backend(env, find_library=lambda name: None) == rendering.EGL
+    for kept in ({"DISPLAY": ":0"}, {rendering.VARIABLE: "vtkXOpenGLRenderWindow"}):
+        env = dict(kept)
+        assert rendering.choose_offscreen_backend(env, find_library=lambda name: "x") is None and env == kept
+
+
+def test_the_command_line_says_what_to_install_when_the_web_extra_is_missing(monkeypatch, capsys):
+    import importlib.util
+
+    from GraTaSegmenterLib import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trame_slicer" else real(name))
+    assert cli.main(["web", "--port", "0"]) == 2
+    assert "install the 'web' extra" in capsys.readouterr().err
