@@ -628,8 +628,10 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
         slicer.util.setSliceViewerLayers(background=inputVolume, fit=True)
 
     def segmentTerm(self, name, label):
-        """(name, colour, terminology entry) of a segment the engine wrote, or None."""
-        term = terminology.match_term(self.terms, name, label)
+        """(name, colour, terminology entry) of a segment the engine wrote, or None. By name only:
+        each segment of the engine's file is a layer of its own with label value 1, so a label
+        would match the term file's label 1 (Optic disc) for any model's first class."""
+        term = terminology.match_term(self.terms, name)
         if term is None:
             return None
         return terminology.display_name(term.name), term.color, term.terminology_entry()

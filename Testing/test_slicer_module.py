@@ -245,6 +245,23 @@ def test_segments_are_named_coloured_and_coded_in_the_loaded_context(runtime, sl
     assert terms.IsTerminologyContextLoaded("Segmentation category and type - GraTaSegmenter")
 
 
+def test_segments_of_another_model_keep_their_own_names_and_codes(runtime, slicer, tmp_path):
+    """Every layer of the engine's .seg.nrrd has label value 1: matching terms by label value
+    named any model's first class 'Optic disc'."""
+    from test_cli_support import tiny_3d_model, volume
+
+    model = str(tiny_3d_model(tmp_path / "tiny3d.safetensors"))
+    sitk.WriteImage(sitk.GetImageFromArray(volume((8, 16, 16))), str(tmp_path / "ct.nrrd"))
+    ct = slicer.util.loadVolume(str(tmp_path / "ct.nrrd"))
+    logic, p = adapt(runtime, ct, model, steps=1, method="tent")
+    segmentation = p.resultSegmentation.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == ["liver", "spleen"]
+    entry = runtime.vtk.reference("")
+    assert segmentation.GetNthSegment(0).GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), entry)
+    assert "SCT^10200004^Liver" in str(entry)
+
+
 def test_a_chosen_segmentation_is_replaced_only_on_success_and_no_orphans(runtime, slicer, tmp_path, tiny_model):
     m = runtime.module
     volume = photo_volume(slicer, tmp_path)

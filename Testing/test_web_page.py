@@ -159,3 +159,42 @@ def test_the_command_line_says_what_to_install_when_the_web_extra_is_missing(mon
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "trame_slicer" else real(name))
     assert cli.main(["web", "--port", "0"]) == 2
     assert "install the 'web' extra" in capsys.readouterr().err
+
+
+def test_a_dicom_series_with_a_model_file_gets_the_3d_layout_surfaces_and_an_uncertainty_layer(page):
+    from test_cli_support import tiny_3d_model, write_dicom_series
+
+    from GraTaSegmenterLib.slicer_support.process import RunState
+    from GraTaSegmenterWeb.session import MODEL_FILE
+
+    data = page.session.data_dir
+    write_dicom_series(data / "ct" / "series", slices=6)
+    (data / "models").mkdir()
+    tiny_3d_model(data / "models" / "tiny3d.safetensors")
+    state = page.state
+    page.state.grata_data_entries = page.session.data_entries()
+    assert "ct/series/" in state.grata_data_entries
+    from GraTaSegmenterWeb import files
+
+    assert files.model_entries(data) == ["models/tiny3d.safetensors"]
+    state.grata_data_choice = "ct/series/"
+    page._reported(page.open_data_entry)()
+    assert state.grata_message_type == "success", state.grata_message
+    assert page.layouts.layout_id == "volume" and page.session.image.is_volume
+    assert page.session.image.volume_node.GetImageData().GetDimensions() == (24, 20, 6)
+    state.grata_model_id, state.grata_model_file = MODEL_FILE, "models/tiny3d.safetensors"
+    state.grata_p_steps, state.grata_p_uncertainty, state.grata_p_method = 1, True, "tent"
+    page._reported(page.adapt_or_cancel)()
+    assert page.session.wait(timeout=300) is RunState.Done, page.session.log_lines[-3:]
+    page._after_poll()
+    assert [s["name"] for s in state.grata_segments] == ["liver", "spleen"]  # the card's names, as in Slicer
+    segmentation = page.session.segmentation
+    assert segmentation.GetSegmentation().ContainsRepresentation("Closed surface")  # shown in the 3D view
+    assert state.grata_has_uncertainty
+    red = page.app.view_manager.get_view("Red")
+    assert red.get_foreground_volume_id() is None
+    page._on_uncertainty_toggled(True)
+    assert red.get_foreground_volume_id() == page.session.uncertainty.GetID()
+    assert red.get_foreground_opacity() == 0.5
+    page._on_uncertainty_toggled(False)
+    assert red.get_foreground_volume_id() is None

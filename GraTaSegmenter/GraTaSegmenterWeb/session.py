@@ -352,8 +352,9 @@ class WebSession:
         self.app.segmentation_editor.set_active_segmentation(segmentation, image.volume_node)
         self._baseline = self.fingerprint()
 
-    def _segment_term(self, name, label):
-        term = terminology.match_term(self.terms, name, label)
+    def _segment_term(self, name, _label):
+        """As the Slicer module's segmentTerm: by name only (every layer's label value is 1)."""
+        term = terminology.match_term(self.terms, name)
         if term is None:
             return None
         return terminology.display_name(term.name), term.color, term.terminology_entry()
