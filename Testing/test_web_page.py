@@ -190,6 +190,7 @@ def test_a_dicom_series_with_a_model_file_gets_the_3d_layout_surfaces_and_an_unc
     assert [s["name"] for s in state.grata_segments] == ["liver", "spleen"]  # the card's names, as in Slicer
     segmentation = page.session.segmentation
     assert segmentation.GetSegmentation().ContainsRepresentation("Closed surface")  # shown in the 3D view
+    assert page.editor_logic.data.segment_display.show_3d  # and the editor's Show 3D switch says so
     assert state.grata_has_uncertainty
     red = page.app.view_manager.get_view("Red")
     assert red.get_foreground_volume_id() is None

@@ -404,6 +404,8 @@ class GraTaPage:
                 self.state.grata_has_uncertainty = self.session.uncertainty is not None
                 self._on_uncertainty_toggled(self.state.grata_show_uncertainty)
                 self.editor_logic.on_volume_changed(self.session.image.volume_node)
+                # a volume's segments as surfaces in the 3D view (the editor's Show 3D switch follows)
+                self.app.segmentation_editor.set_surface_representation_enabled(self.session.image.is_volume)
                 self._segments_changed()
             else:
                 failure = self.session.last_failure or "the run failed"
