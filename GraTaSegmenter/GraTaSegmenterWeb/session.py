@@ -202,7 +202,6 @@ class WebSession:
         finally:
             display.unlink(missing_ok=True)
         previous = [n for n in (self.uncertainty, self.segmentation, self.image and self.image.volume_node) if n]
-        self.continual.reset()  # a new image of another series would continue from the wrong state
         self.uncertainty = None
         self.image = OpenedImage(path=path, name=imageio.stem_of(path), reference=_geometry_only(loaded.image),
                                  spatial_shape=loaded.spatial_shape, channels=loaded.channels, volume_node=node)
