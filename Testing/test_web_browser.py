@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -191,6 +190,14 @@ def test_open_adapt_watch_paint_erase_save(page, data_dir):
     read = read_seg_nrrd(data_dir / "eye web.seg.nrrd")
     assert [(s.name, s.voxels) for s in read.segments] == [("Optic disc", corrected),
                                                             ("Optic cup", _voxels(page, "Optic cup"))]
+    # the download is the same segmentation, named after the image
+    with page.expect_download() as download:
+        page.locator("#grata-download-segmentation").click()
+    assert download.value.suggested_filename == "eye.seg.nrrd"
+    saved_as = Path(tempfile.mkdtemp(prefix="download-")) / download.value.suggested_filename
+    download.value.save_as(saved_as)
+    downloaded = read_seg_nrrd(saved_as)
+    assert [(s.name, s.voxels) for s in downloaded.segments] == [(s.name, s.voxels) for s in read.segments]
     # saving under the same name asks first; Keep leaves the file as it was
     before = (data_dir / "eye web.seg.nrrd").read_bytes()
     page.locator("#grata-save").click()
@@ -213,9 +220,15 @@ def test_cancel_mid_run_and_a_bad_file(page, data_dir):
     assert sorted(os.listdir(data_dir)) == before
     assert page.locator("#grata-adapt").inner_text().strip().lower() == "adapt & segment"
 
+    # an upload opens like a file of the data folder (the page's own file input, real bytes)
+    page.locator("#grata-upload-image input[type=file]").set_input_files(str(SAMPLE))
+    page.wait_for_selector("#grata-message:has-text('Opened phantom_B_0.png')", timeout=60_000)
+    assert page.locator("#grata-image-name").inner_text() == "phantom_B_0"
+    assert sorted(os.listdir(data_dir)) == before  # uploads are kept in the session's folder, not in --data
+
     _open(page, "broken.png")
     message = page.locator("#grata-message")
     message.wait_for()
     page.wait_for_selector("#grata-message:has-text('cannot be read')")
     assert "broken.png" in message.inner_text()
-    assert page.locator("#grata-image-name").inner_text() == "eye"  # the image before stays
+    assert page.locator("#grata-image-name").inner_text() == "phantom_B_0"  # the image before stays

@@ -199,3 +199,19 @@ def test_a_dicom_series_with_a_model_file_gets_the_3d_layout_surfaces_and_an_unc
     assert red.get_foreground_opacity() == 0.5
     page._on_uncertainty_toggled(False)
     assert red.get_foreground_volume_id() is None
+
+
+def test_the_page_names_no_server_file_outside_the_data_folder_and_its_uploads(page):
+    from GraTaSegmenterWeb.session import SessionError
+
+    session = page.session
+    with pytest.raises(SessionError, match="neither in the data folder nor uploaded"):
+        session.model_file("/etc/passwd")
+    with pytest.raises(SessionError, match="outside the data folder"):
+        session.model_file("../../etc/passwd")
+    uploaded = session.store_uploads([("C:\\\\Users\\\\me\\\\model.safetensors", b"x")])
+    assert uploaded.name == "model.safetensors" and session.model_file(str(uploaded)) == uploaded.resolve()
+    first = session.store_uploads([("eye.png", SAMPLE.read_bytes())])
+    page.open_path(first)
+    page.open_path(session.data_path("eye.png"))
+    assert not first.exists() and uploaded.exists()  # the image's upload went with it; the model's stays

@@ -187,29 +187,47 @@ def test_open_run_paint_undo_save_and_read_back(web, session, app_and_view, tmp_
 
 
 def test_bad_files_leave_the_scene_as_it_was(web, session, tmp_path):
+    from GraTaSegmenterLib.slicer_support.parameters import AdaptParameters
+    from GraTaSegmenterLib.slicer_support.process import RunState
+
     node = session.open_image(session.data_path("eye.png"))
     nodes = session.scene.GetNumberOfNodes()
     broken = session.data_dir / "broken.png"
     broken.write_bytes((session.data_dir / "eye.png").read_bytes()[:200])
     with pytest.raises(web.SessionError, match="cannot be read"):
         session.open_image(broken)
+    assert session.image.volume_node is node and session.scene.GetNumberOfNodes() == nodes
+
+    # a model file that is not one: the engine refuses it, the run fails with its message
+    fake = session.data_dir / "model.safetensors"
+    fake.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + bytes(64))
+    session.start(AdaptParameters(steps=1), web.MODEL_FILE, fake)
+    assert session.wait(timeout=300) is RunState.Failed
+    assert "model.safetensors" in session.last_failure and session.segment_ids() == []
+    with pytest.raises(web.SessionError, match="Choose a model file"):
+        session.start(AdaptParameters(steps=1), web.MODEL_FILE, None)
+
+    # a two-channel volume opens; the 3-channel fundus model refuses it by its channel count
     grey = session.data_dir / "grey.nrrd"
-    sitk.WriteImage(sitk.GetImageFromArray(np.full((8, 40, 40), 3, np.int16)), str(grey))
-    session.open_image(grey)  # a volume opens; adapting it with the 3-channel fundus model is refused
-    assert session.image.is_volume and session.image.channels == 1
-    session.start(__import__("GraTaSegmenterLib.slicer_support.parameters", fromlist=["x"]).AdaptParameters(steps=1),
-                  session.default_model)
-    session.wait(timeout=300)
-    assert session.last_failure and "channel" in session.last_failure.lower() or "constant" in session.last_failure
+    voxels = np.random.default_rng(0).normal(100, 20, (8, 40, 40, 2)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(voxels, isVector=True), str(grey))
+    session.open_image(grey)
+    assert session.image.is_volume and session.image.channels == 2
+    assert not session.scene.IsNodePresent(node)  # the picture before is gone with its segmentation
+    session.start(AdaptParameters(steps=1), session.default_model)
+    assert session.wait(timeout=300) is RunState.Failed
+    assert "channel" in session.last_failure, session.last_failure
     assert session.segment_ids() == []
+
     for outside in ("../x.png", "/etc/passwd"):
         with pytest.raises(web.SessionError, match="outside the data folder"):
             session.data_path(outside)
-    for bad in ("../evil", ".hidden", "a/b", ""):
-        with pytest.raises(web.SessionError):
+    for bad in ("../evil", ".hidden", "a/b", "", "a\\b", "nul\x00"):
+        with pytest.raises(web.SessionError, match="not a usable file name"):
             session.save(bad)
+    assert sorted(p.name for p in session.data_dir.iterdir()) == ["broken.png", "eye.png", "grey.nrrd",
+                                                                   "model.safetensors"]
     assert not (tmp_path / "evil.seg.nrrd").exists()
-    assert not node.GetScene() or nodes >= 1
 
 
 def test_cancel_mid_run_leaves_the_result_of_the_run_before(web, session):

@@ -81,8 +81,9 @@ def model_entries(folder: Path | None) -> list[str]:
 
 
 def plain_name(name: str) -> str:
-    """A user-given file name as one safe name (no folders, no control characters)."""
-    base = Path(str(name).replace("\\", "/")).name.strip()
+    """A user-given file name, refused unless it is one safe name (no folders, no control
+    characters, not hidden)."""
+    base = str(name).strip()
     if not base or base in (".", "..") or base.startswith(".") or _UNSAFE.search(base):
         raise FileRefused(f"{name!r} is not a usable file name; use letters, digits, spaces, '-', '_' and '.' "
                           f"(no folders, not starting with '.')")
@@ -110,7 +111,7 @@ def store_uploads(files: Iterable[tuple[str, bytes]], folder: Path) -> Path:
     target = Path(tempfile.mkdtemp(prefix="upload-", dir=folder))
     paths = []
     for name, content in files:
-        path = target / plain_name(name)
+        path = target / plain_name(Path(str(name).replace("\\", "/")).name)  # a browser may send a path
         if path.exists():
             raise FileRefused(f"two uploaded files are named {path.name}; upload a folder's files once each")
         path.write_bytes(content)

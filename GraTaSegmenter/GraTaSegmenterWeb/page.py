@@ -260,7 +260,7 @@ class GraTaPage:
             try:
                 return action(*args, **kwargs)
             except NeedsConfirmation as exc:
-                self._pending = functools.partial(action, *args, **kwargs, confirm=True)
+                self._pending = functools.partial(action, *args, **{**kwargs, "confirm": True})
                 self.state.grata_confirm_text, self.state.grata_confirm_open = str(exc), True
             except SessionError as exc:
                 self._say(str(exc), "error")
@@ -342,9 +342,7 @@ class GraTaPage:
             self.session.cancel()
             self.state.grata_status = "Cancelling..."
             return
-        model_file = self.state.grata_model_file or None
-        if model_file and not Path(model_file).is_absolute():
-            model_file = self.session.data_path(model_file)
+        model_file = self.session.model_file(self.state.grata_model_file)
         self._reset_run_view("Starting (loading the model)...")
         self.session.start(self.parameters(), self.state.grata_model_id, model_file, confirm=confirm)
         self._say("")
@@ -377,8 +375,12 @@ class GraTaPage:
             await asyncio.sleep(POLL_SECONDS)
             if self.session.run is not None and self.session.workspace is not None:
                 with self.state:
-                    self.session.poll()
-                    self._after_poll()
+                    self._reported(self._poll_once)()
+
+    def _poll_once(self) -> None:
+        """One look at the run (an error here is shown, and the next look still comes)."""
+        self.session.poll()
+        self._after_poll()
 
     def _reset_run_view(self, status: str) -> None:
         self._plot_points = -1

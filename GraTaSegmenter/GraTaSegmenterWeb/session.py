@@ -167,6 +167,19 @@ class WebSession:
         except files.FileRefused as exc:
             raise SessionError(str(exc)) from None
 
+    def model_file(self, chosen: str | None) -> Path | None:
+        """The model file the page names: relative to the data folder, or an upload of this
+        session; any other path is refused (the page is a client and names no server file)."""
+        if not chosen:
+            return None
+        if not Path(chosen).is_absolute():
+            return self.data_path(chosen)
+        path, uploads = Path(chosen).resolve(), (self.work / "uploads").resolve()
+        if uploads not in path.parents:
+            raise SessionError(f"{Path(chosen).name} is neither in the data folder nor uploaded; choose the model "
+                               f"file again")
+        return path
+
     def store_uploads(self, uploads: list[tuple[str, bytes]]) -> Path:
         folder = self.work / "uploads"
         folder.mkdir(exist_ok=True)
@@ -202,6 +215,7 @@ class WebSession:
         finally:
             display.unlink(missing_ok=True)
         previous = [n for n in (self.uncertainty, self.segmentation, self.image and self.image.volume_node) if n]
+        previous_path = self.image.path if self.image else None
         self.uncertainty = None
         self.image = OpenedImage(path=path, name=imageio.stem_of(path), reference=_geometry_only(loaded.image),
                                  spatial_shape=loaded.spatial_shape, channels=loaded.channels, volume_node=node)
@@ -214,9 +228,19 @@ class WebSession:
         for old_node in previous:  # only now: the views and the editor have let go of them
             if self.scene.IsNodePresent(old_node):
                 self.scene.RemoveNode(old_node)
+        if previous_path is not None and previous_path != path:
+            self._remove_upload(previous_path)
         self.log(f"Opened {path.name}: {' x '.join(map(str, self.image.spatial_shape))}, "
                  f"{self.image.channels} channel(s)")
         return node
+
+    def _remove_upload(self, path: Path) -> None:
+        """An uploaded image's folder, once another image is open (uploads are the session's copies)."""
+        uploads = (self.work / "uploads").resolve()
+        resolved = path.resolve()
+        folder = next((p for p in [resolved, *resolved.parents] if p.parent == uploads), None)
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def _read_volume(self, path: Path, vector: bool, name: str):
         node_class = "vtkMRMLVectorVolumeNode" if vector else "vtkMRMLScalarVolumeNode"
