@@ -210,8 +210,16 @@ def test_out_of_memory_is_translated(monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(method.loss_context, "forward", boom)
-    with pytest.raises(OutOfMemory, match="--device cpu"):
+    with pytest.raises(OutOfMemory, match="out of memory on the CPU while adapting") as caught:
         method.step(torch.rand(1, 3, 32, 32))
+    assert "downsample the image" in str(caught.value) and "--device cpu" not in str(caught.value)
+
+
+def test_out_of_memory_advice_fits_the_device():
+    from GraTaSegmenterLib.errors import oom_advice
+
+    assert "--device cpu" in oom_advice("cuda", "adapting") and "smaller batch" in oom_advice("cuda", "adapting")
+    assert "--device cpu" not in oom_advice("cpu", "adapting") and "batch" not in oom_advice("cpu", "adapting")
 
 
 def test_normalisation_refuses_constant_and_non_finite_images():

@@ -125,7 +125,8 @@ def test_out_of_memory(tmp_path, model2d, monkeypatch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(GraTa, "_step", oom)
-    _fails([path], tmp_path / "out", model2d, kind="OutOfMemory", contains="--batch-size")
+    error = _fails([path], tmp_path / "out", model2d, kind="OutOfMemory", contains="downsample the image")
+    assert "--device cpu" not in error["message"]  # on the CPU already: the GPU advice would mislead
     assert_no_leftovers(tmp_path / "out")
 
 

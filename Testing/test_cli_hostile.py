@@ -450,3 +450,155 @@ def test_a_run_killed_while_writing_leaves_staging_that_the_next_run_removes(tmp
     assert code == 0, err
     assert f"removed {out / left[0]}, left by an earlier run that was killed" in err
     assert sorted(p.name for p in out.iterdir()) == ["other"]
+
+
+_SLOW_WRITER = r"""
+import runpy, sys
+import numpy as np, SimpleITK as sitk
+from GraTaSegmenterLib import imageio
+noise = sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 256, (11000, 11000), dtype=np.uint8))
+real = imageio.write_image
+def slow_write(image, path, compress=True):
+    sitk.WriteImage(noise, str(path), True)  # seconds inside SimpleITK, as an 8000 x 8000 result takes
+    real(image, path, compress)
+imageio.write_image = slow_write
+sys.argv = ["grata-segmenter", *sys.argv[1:]]
+runpy.run_module("GraTaSegmenterLib.cli", run_name="__main__")
+"""
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_cancel_as_the_panel_does_it_is_honoured_inside_a_long_write(tmp_path, model2d):
+    """SIGTERM, then SIGKILL 1 s later (the panel's Cancel) while SimpleITK is inside a write
+    that takes seconds: the run still exits 130 by itself, with one Cancelled event and no
+    staging folder left (before, the handler waited for the write and the kill left it)."""
+    import signal
+    import time
+
+    eye = write_picture(tmp_path / "eye.png", fundus_like())
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_WRITER, *map(str, _adapt([eye], out, model2d))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=engine_environment(os.environ, MODULE_DIR))
+    end = time.monotonic() + 120
+    while time.monotonic() < end and proc.poll() is None and not list(out.glob(".eye.partial-*/labelmap.nrrd")):
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()
+    time.sleep(0.2)  # well inside the write
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    stdout, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (proc.returncode, err)
+    stream = parse_events(stdout)
+    assert [e["event"] for e in stream].count("error") == 1 and stream[-1]["kind"] == "Cancelled", stream
+    assert "output" not in [e["event"] for e in stream]
+    assert list(out.iterdir()) == []
+
+
+# -- what reaches stderr: one line per thing to know, nothing the user cannot act on ----------
+
+def _png_with_damaged_text_chunk(path: Path) -> Path:
+    """A valid PNG plus a tEXt chunk with a wrong CRC: libpng reads the pixels and prints
+    ``libpng warning: tEXt: CRC error`` on stderr, several times."""
+    import io
+    import struct
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(fundus_like()).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    end_of_header = 8 + 4 + 4 + 13 + 4
+    text = b"Comment\x00from a damaged camera export"
+    chunk = struct.pack(">I", len(text)) + b"tEXt" + text + struct.pack(">I", 12345)
+    path.write_bytes(data[:end_of_header] + chunk + data[end_of_header:])
+    return path
+
+
+def test_libpng_warnings_become_one_line(tmp_path, model2d):
+    eye = _png_with_damaged_text_chunk(tmp_path / "eye.png")
+    code, out, err = run_child(_adapt([eye], tmp_path / "out", model2d))
+    assert code == 0, err
+    assert "libpng warning" not in err
+    assert [line for line in err.splitlines() if "reader warned" in line] == \
+        ["grata-segmenter: eye.png: the reader warned: libpng: tEXt: CRC error"]
+
+
+def _nrrd_with_axes(path: Path, directions: str) -> Path:
+    raw = (np.random.default_rng(0).random((4, 16, 16)) * 100).astype(np.float32)
+    header = ("NRRD0004\ntype: float\ndimension: 3\nspace: left-posterior-superior\nsizes: 16 16 4\n"
+              f"space directions: {directions}\nkinds: domain domain domain\nendian: little\nencoding: raw\n"
+              "space origin: (0,0,0)\n\n")
+    path.write_bytes(header.encode("ascii") + raw.tobytes())
+    return path
+
+
+@pytest.mark.parametrize("directions,contains", [
+    ("(0,0,0) (0,1,0) (0,0,1)", "its header gives a voxel spacing of 0 along an axis"),
+    ("(1,0,0) (2,0,0) (0,0,1)", "axis directions that do not span space"),
+])
+def test_header_that_itk_refuses_is_named_not_called_incomplete(tmp_path, model2d, directions, contains):
+    ct = _nrrd_with_axes(tmp_path / "ct.nrrd", directions)
+    event = assert_refused(_adapt([ct], tmp_path / "out", model2d), [ct], tmp_path / "out", "InputError", contains)
+    assert "complete" not in event["message"]
+
+
+def test_file_name_the_plot_font_cannot_draw_gives_no_glyph_warnings(tmp_path, model2d):
+    eye = write_picture(tmp_path / "眼底.png", fundus_like())
+    code, out, err = run_child(_adapt([eye], tmp_path / "out", model2d))
+    assert code == 0, err
+    assert "Glyph" not in err and "UserWarning" not in err, err
+    assert (tmp_path / "out" / "眼底" / "adaptation.png").is_file()
+
+
+def test_state_file_with_code_is_refused_in_one_sentence_without_unsafe_advice(tmp_path, model2d):
+    import pickle
+
+    class Canary:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'ran'}",))
+
+    state = tmp_path / "state.pt"
+    state.write_bytes(pickle.dumps({"x": Canary()}))
+    eye = write_picture(tmp_path / "eye.png", fundus_like())
+    event = assert_refused(_adapt([eye], tmp_path / "out", model2d, "--load-state", state), [eye, state],
+                           tmp_path / "out", "ConfigurationError", "it holds something other than plain tensors")
+    assert not (tmp_path / "ran").exists()
+    message = event["message"]
+    assert "weights_only" not in message and "trust" not in message and len(message) < 400, message
+    assert "start afresh without --load-state" in message and "reset the adaptation" not in message
+
+
+def test_error_messages_carry_no_terminal_colour_codes():
+    from GraTaSegmenterLib import cli
+
+    assert cli._message(RuntimeError("\x1b[31mCUDA\x1b[0m error:\n  \x1b[1mdevice busy\x1b[0m")) == \
+        "CUDA error: device busy"
+
+
+def test_an_image_too_large_for_the_memory_is_refused_before_any_step_with_the_size_that_fits(tmp_path, model2d):
+    """A header promising 100000 x 100000 RGB pixels (its data file empty: nothing is read):
+    refused from the estimate, on the CPU without the GPU-only advice, before the start event."""
+    huge = tmp_path / "huge.nhdr"
+    (tmp_path / "huge.raw").write_bytes(b"")
+    huge.write_text("NRRD0004\ntype: uchar\ndimension: 3\nsizes: 3 100000 100000\nkinds: vector domain domain\n"
+                    "encoding: raw\ndata file: huge.raw\n", encoding="ascii")
+    event = assert_refused(_adapt([huge], tmp_path / "out", model2d), [huge], tmp_path / "out", "OutOfMemory",
+                           "huge.nhdr is 100000 x 100000: segmenting it needs about")
+    message = event["message"]
+    assert "downsample it to about" in message and "--device cpu" not in message and "--batch-size" not in message
+
+
+def test_memory_estimate_names_the_size_that_fits():
+    from GraTaSegmenterLib import memory
+
+    per_pixel = memory.bytes_per_pixel(3, 2, False, False)
+    assert per_pixel == 60  # measured 58-62 bytes per pixel for an RGB picture, two classes (memory.py)
+    need = memory.estimate_bytes(20000 * 20000, 3, 2)
+    assert need == memory.FIXED_BYTES + 400_000_000 * 60
+    available = memory.FIXED_BYTES + 100_000_000 * 60  # room for a quarter of the pixels
+    fitting = (available - memory.FIXED_BYTES) // per_pixel
+    assert fitting == 100_000_000 and round((fitting / 400_000_000) ** 0.5, 3) == 0.5

@@ -96,3 +96,47 @@ def test_staging_folders_carry_the_owner_pid(tmp_path):
 
     with StagedFolder(tmp_path, "eye") as folder:
         assert folder.tmp.name.startswith(f".eye.partial-{os.getpid()}-")
+
+
+_RACER = r"""
+import sys
+from pathlib import Path
+from GraTaSegmenterLib import outputs
+from GraTaSegmenterLib.outputs import StagedFolder
+outdir, tag, plain = Path(sys.argv[1]), sys.argv[2], sys.argv[3] == "plain"
+if plain:
+    outputs._RENAMEAT2 = None
+for i in range(int(sys.argv[4])):
+    with StagedFolder(outdir, "eye", overwrite=True) as folder:
+        for name in ("labelmap.nrrd", "segmentation.seg.nrrd", "steps.jsonl", "adaptation.png"):
+            folder.path(name).write_text(f"{tag} {i}")
+        folder.commit()
+"""
+
+
+@pytest.mark.parametrize("renames", ["renameat2", "plain"])
+def test_two_runs_overwriting_one_result_both_succeed_and_leave_one_complete_result(tmp_path, renames):
+    """Two runs with --overwrite on the same output folder: each commit succeeds, and the
+    folder is at every moment a complete result (never missing, never half of each)."""
+    import subprocess
+    import sys
+
+    from GraTaSegmenterLib import outputs
+
+    if renames == "renameat2" and outputs._RENAMEAT2 is None:
+        pytest.skip("no renameat2 here")
+    (tmp_path / "eye").mkdir()
+    for name in RESULT_FILES:
+        (tmp_path / "eye" / name).write_text("first")
+    racers = [subprocess.Popen([sys.executable, "-c", _RACER, str(tmp_path), tag, renames, "150"],
+                               stderr=subprocess.PIPE, text=True) for tag in "AB"]
+    seen_missing = 0
+    while any(r.poll() is None for r in racers):
+        if renames == "renameat2" and not all((tmp_path / "eye" / name).is_file() for name in RESULT_FILES):
+            seen_missing += 1  # each name looked up at one moment: the folder there then
+    errors = [r.stderr.read() for r in racers]
+    assert [r.returncode for r in racers] == [0, 0], errors
+    assert seen_missing == 0  # one swap: never a moment without a complete result
+    contents = {(tmp_path / "eye" / name).read_text() for name in RESULT_FILES}
+    assert contents in ({"A 149"}, {"B 149"})  # the last commit of one run, whole
+    assert [p.name for p in tmp_path.iterdir()] == ["eye"]  # no staging or old folder left

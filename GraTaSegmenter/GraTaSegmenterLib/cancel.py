@@ -7,7 +7,9 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
+
+T = TypeVar("T")
 
 
 class Cancelled(Exception):
@@ -91,3 +93,32 @@ def finish() -> None:
     """The run is complete: from now on a signal is ignored (the results are all in place)."""
     if _active is not None:
         _active.finished = True
+
+
+def interruptible(work: Callable[..., T], *args, **kwargs) -> T:
+    """``work(*args, **kwargs)`` in a helper thread while the main thread waits for it.
+
+    Python runs a signal handler only between bytecodes of the main thread: inside one long
+    call into C (SimpleITK compressing and writing a large result, which takes seconds at
+    8000 x 8000) a cancel would wait until the call returns, past the Slicer module's 1 s
+    grace before SIGKILL, which leaves the staging folder behind. Waiting here instead,
+    the main thread raises :class:`Cancelled` at once; the helper is left to run (the caller
+    removes what it was writing, and the command line ends the process). Outside a
+    :func:`cancel_on_signals` block this is a plain call."""
+    if _active is None or threading.current_thread() is not threading.main_thread():
+        return work(*args, **kwargs)
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = work(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the main thread
+            outcome["error"] = exc
+
+    helper = threading.Thread(target=run, name=f"grata-{getattr(work, '__name__', 'work')}", daemon=True)
+    helper.start()
+    while helper.is_alive():
+        helper.join(0.05)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

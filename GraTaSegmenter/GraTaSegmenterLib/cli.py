@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import sys
 import time
 import traceback
@@ -244,9 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
 def _message(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    if isinstance(exc, OutOfMemory) and "--batch-size" not in text:
+    """One line of plain text: no line breaks, no terminal colour codes (some libraries colour
+    their messages; the events and the Slicer panel would show the escapes)."""
+    text = " ".join(_ANSI.sub("", str(exc)).split()) or type(exc).__name__
+    if isinstance(exc, OutOfMemory) and "smaller batch" in text and "--batch-size" not in text:
         hinted = text.replace("a smaller batch (", "a smaller batch (--batch-size N, ")
         text = hinted if hinted != text else text.rstrip(".") + " (options --batch-size N, --device cpu)."
     return text
@@ -262,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"grata-segmenter: error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
     try:
-        return _main(argv)
+        status = _main(argv)
     finally:
         if program:
             # The run is over and reported: a late Ctrl+C must not print a traceback on the way out.
@@ -270,11 +276,20 @@ def main(argv: list[str] | None = None) -> int:
 
             for s in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(s, signal.SIG_IGN)
+    if program and status == EXIT_CANCELLED:
+        # Cancelled: the staged outputs are gone and the error event is written. Skip the
+        # interpreter's teardown (most of a second with torch loaded) so that the Slicer
+        # module's Cancel sees this clean exit well inside its grace period; it also ends a
+        # writer thread that a cancel left inside a long write (cancel.interruptible).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    return status
 
 
 def _main(argv: list[str]) -> int:
     from .cancel import Cancelled, cancel_on_signals
-    from .errors import is_out_of_memory
+    from .errors import is_out_of_memory, oom_advice
     from .events import EventWriter, no_events
 
     real_stdout = sys.stdout
@@ -292,8 +307,9 @@ def _main(argv: list[str]) -> int:
                     return args.func(args, emit)
             except Exception as exc:  # noqa: BLE001 - translated below, outside the signal handlers
                 if is_out_of_memory(exc) and not isinstance(exc, GraTaError):
-                    raise OutOfMemory(f"out of memory ({_message(exc)}); use a smaller batch (--batch-size N) "
-                                      f"or run on the CPU (--device cpu)") from None
+                    device = getattr(getattr(args, "_segmenter", None), "device", None)
+                    raise OutOfMemory(f"{oom_advice(getattr(device, 'type', 'cpu'), 'segmenting')} "
+                                      f"({_message(exc)})") from None
                 raise
     except SystemExit as exc:  # --help, --version
         return int(exc.code or 0)
@@ -331,12 +347,4 @@ def _main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    status = main()
-    if status == EXIT_CANCELLED:
-        # Cancelled: the staged outputs are gone and the error event is written. Skip the
-        # interpreter's teardown (most of a second with torch loaded), so that the Slicer
-        # module's Cancel sees this clean exit well inside its grace period.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(status)
-    sys.exit(status)
+    sys.exit(main())

@@ -27,8 +27,15 @@ class OutOfMemory(GraTaError, MemoryError):
     """The device ran out of memory; the message suggests what to change."""
 
 
-OOM_ADVICE = ("out of memory on {device} while {doing}. Use a smaller batch (fewer slices at once), "
-              "or run on the CPU (--device cpu), or close other programs using the {device}.")
+def oom_advice(device: str, doing: str) -> str:
+    """What to do when ``device`` ("cpu", "cuda", "mps") ran out of memory while ``doing``:
+    on an accelerator a smaller batch or the CPU; on the CPU neither would help."""
+    if device == "cpu":
+        return (f"out of memory on the CPU while {doing}; close other programs, or downsample the image "
+                f"(fewer pixels or voxels) before segmenting it.")
+    shown = device.upper()
+    return (f"out of memory on {shown} while {doing}. Use a smaller batch (fewer slices at once), "
+            f"or run on the CPU (--device cpu), or close other programs using the {shown}.")
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

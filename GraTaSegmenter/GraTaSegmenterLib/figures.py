@@ -40,9 +40,24 @@ def plot_adaptation(records: Sequence[dict], path: Path | BinaryIO, title: str =
     ax_lr.set_xlabel("step")
     ax_lr.xaxis.set_major_locator(MaxNLocator(integer=True))
     if title:
-        ax_cos.set_title(title)
+        ax_cos.set_title(_drawable(title))
     fig.tight_layout()
     fig.savefig(path, format=fmt)
+
+
+def _drawable(text: str) -> str:
+    """``text`` with each character that the plot's font has no glyph for as ``?``: matplotlib
+    would draw an empty box and print a warning per character (file names in Chinese or
+    Japanese on a system without a CJK font). The title is the only place a file name is drawn;
+    everywhere else it is kept as it is."""
+    from matplotlib import font_manager, ft2font, rcParams
+
+    try:
+        font = ft2font.FT2Font(font_manager.findfont(font_manager.FontProperties(family=rcParams["font.family"])))
+        drawable = set(font.get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return text
+    return "".join(c if c.isspace() or ord(c) in drawable else "?" for c in text)
 
 
 def display_rgb(array: np.ndarray) -> np.ndarray:

@@ -12,11 +12,15 @@ NRRD writer of its own because Slicer's layout (segment axis first, kind
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
-from dataclasses import dataclass
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -60,6 +64,7 @@ class LoadedImage:
     array: np.ndarray
     kind: str  # "picture", "volume" or "dicom"
     suffix: str
+    notes: list[str] = field(default_factory=list)  # what the readers warned about, one line each
 
     @property
     def dims(self) -> int:
@@ -118,6 +123,68 @@ def _check_no_dicom_left_out(folder: Path, in_series: set[str]) -> None:
         raise InputError(f"{folder.name}: {len(left_out)} DICOM file(s) cannot be read and would be left out of "
                          f"the series ({shown}): a slice would be missing and the slice spacing wrong. Copy "
                          f"the series again, or remove the file(s) if they do not belong to it")
+
+
+_ITK_WARNING = re.compile(r"^WARNING: In .*, line \d+$")
+_ITK_SOURCE = re.compile(r"^\w+ \(0x[0-9a-fA-F]+\): ")
+
+
+@contextlib.contextmanager
+def reader_warnings(notes: list[str]) -> Iterator[None]:
+    """Catch what the C libraries under SimpleITK print on stderr while reading: libpng's
+    ``libpng warning: ...`` lines (one per row for some damage) and ITK's four-line WARNING
+    blocks become one short note per distinct message in ``notes``; anything else printed
+    meanwhile goes on to stderr unchanged. Without a stderr file descriptor, nothing is caught."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    with tempfile.TemporaryFile() as caught:
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            text = caught.read().decode("utf-8", "replace")
+    others = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or _ITK_WARNING.match(line):
+            continue
+        if line.startswith("libpng warning: "):
+            note = "libpng: " + line[len("libpng warning: "):]
+        elif _ITK_SOURCE.match(line):
+            note = "ITK: " + _ITK_SOURCE.sub("", line)
+        else:
+            others.append(line)
+            continue
+        if note not in notes:
+            notes.append(note)
+    if others:
+        print("\n".join(others), file=sys.stderr)
+
+
+_HEADER_REFUSALS = (
+    ("Zero-valued spacing", "its header gives a voxel spacing of 0 along an axis, so its geometry is undefined; "
+                            "correct the spacing in the header (or save it again from a viewer that shows it right)"),
+    ("Bad direction, determinant is 0", "its header gives axis directions that do not span space (two axes along "
+                                        "one line); correct the space directions in the header"),
+)
+
+
+def _read_failure(path: Path, exc: BaseException) -> InputError:
+    """The reader's refusal in words that say what to do: a header ITK refuses is not an
+    incomplete file."""
+    text = str(exc)
+    for marker, advice in _HEADER_REFUSALS:
+        if marker in text:
+            return InputError(f"{path.name} cannot be used: {advice}")
+    return InputError(f"{path.name} cannot be read as an image ({_first_line(exc)}); "
+                      f"check that the file is complete and of the format its name says")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -233,8 +300,10 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     """Read an input; raise :class:`InputError` saying what to do when it cannot be used."""
     path = Path(path)
     check_readable_path(path)
+    notes: list[str] = []
     if path.is_dir():
-        image = _read_dicom_series(path)
+        with reader_warnings(notes):
+            image = _read_dicom_series(path)
         kind, suffix = "dicom", ""
     else:
         suffix = suffix_of(path)
@@ -244,12 +313,12 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
         if suffix in (".nii", ".nii.gz"):
             check_nifti(path)
         try:
-            image = sitk.ReadImage(str(path))
+            with reader_warnings(notes):
+                image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
             image = _read_picture_with_pillow(path) if suffix in PICTURE_SUFFIXES else None
             if image is None:
-                raise InputError(f"{path.name} cannot be read as an image ({_first_line(exc)}); "
-                                 f"check that the file is complete and of the format its name says") from None
+                raise _read_failure(path, exc) from None
         kind = "picture" if suffix in PICTURE_SUFFIXES else "volume"
     if image.GetDimension() not in (2, 3):
         raise InputError(f"{path.name} is a {image.GetDimension()}D image; give a 2D image or a 3D volume "
@@ -262,7 +331,7 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     else:
         array = array[None]
     return LoadedImage(path=path, image=image, array=np.ascontiguousarray(array, dtype=np.float32),
-                       kind=kind, suffix=suffix)
+                       kind=kind, suffix=suffix, notes=notes)
 
 
 # -- geometry ----------------------------------------------------------------------------------

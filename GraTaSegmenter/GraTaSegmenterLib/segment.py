@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import cancel, choices, imageio, outputs
+from . import cancel, choices, imageio, memory, outputs
 from .choices import DEVICES, GRADIENT_METHODS, METHODS as METHOD_NAMES, MODES
 from .errors import ConfigurationError, InputError
 from .events import VERSION, EventSink, no_events
@@ -302,6 +302,10 @@ class Segmenter:
             raise InputError(f"{loaded.path.name} is constant (every value is {lo:g}); there is nothing to "
                              f"segment. Check that the right image was chosen")
         array = match_channels(loaded, card.input_channels, self.log)
+        if loaded.notes:
+            more = len(loaded.notes) - 3
+            shown = "; ".join(loaded.notes[:3]) + (f" (and {more} more)" if more > 0 else "")
+            self.log(f"{loaded.path.name}: the reader warned: {shown}")
         if loaded.kind == "picture":
             orientation = imageio.exif_orientation(loaded.path)
             if orientation:
@@ -482,6 +486,9 @@ class Segmenter:
             if state.is_dir():
                 raise ConfigurationError(f"--save-state {state} is a folder; name the state file")
             check_writable_folder(state.parent, "the folder of --save-state", create=False)
+        for path, name in zip(inputs, targets):  # from the headers: refuse what cannot fit before any work
+            if name not in existing:
+                memory.check_fits(path, len(self.card.classes), opts.probabilities, opts.uncertainty)
         steps = opts.steps_per_input
         self.total_steps = steps * len(inputs)
         self.global_step = 0
@@ -501,7 +508,7 @@ class Segmenter:
             last = i == len(inputs) - 1
             state = Path(opts.save_state).absolute() if opts.save_state and last else None
             with outputs.StagedFolder(outdir, name, opts.overwrite) as folder:
-                written = self.write_outputs(loaded, prediction, folder, names)
+                written = cancel.interruptible(self.write_outputs, loaded, prediction, folder, names)
                 if state is not None:  # before the commit: a failure here leaves no folder behind
                     with outputs.disk_errors(state.parent):
                         self.method.save_state(state)

@@ -27,12 +27,28 @@ import torch
 from torch import nn
 
 from ..choices import PRECISIONS
-from ..errors import ConfigurationError, InputError, OutOfMemory, OOM_ADVICE, is_out_of_memory
+from ..errors import ConfigurationError, InputError, OutOfMemory, is_out_of_memory, oom_advice
 from .losses import LossContext, entropy, get_loss
 from .norm import configure_for_adaptation, use_batch_statistics
 
 OPTIMIZERS = ("adam", "sgd", "adamw")
 COSINE_EPS = 1e-12
+# What to do about a saved state that does not fit, said for the command line and the panel
+# alike (the panel passes its continual state to the engine as --load-state).
+START_AFRESH = "start afresh without --load-state (in the Slicer panel: Reset adaptation)"
+
+
+def _load_failure(exc: BaseException) -> str:
+    """torch.load's reason in one line. Its weights-only refusal is a page of text that also
+    suggests loading with ``weights_only=False``, i.e. running the file's code: keep only the
+    unpickler's own reason."""
+    text = " ".join(str(exc).split())
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        reason = text.split(marker, 1)[1].strip()
+        reason = reason.split(". Check the documentation")[0].split(" Check the documentation")[0]
+        return f"it holds something other than plain tensors: {reason.rstrip('.')}"
+    return text[:300]
 
 
 @dataclass
@@ -197,7 +213,7 @@ class Method:
     def _check_compatible(self, state: dict[str, Any]) -> None:
         if state.get("method") != self.name:
             raise ConfigurationError(f"the saved adaptation state is of method {state.get('method')!r}, "
-                                     f"not {self.name!r}; reset the adaptation or choose that method")
+                                     f"not {self.name!r}; choose that method or " + START_AFRESH)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._check_compatible(state)
@@ -211,7 +227,7 @@ class Method:
         except Exception as exc:  # noqa: BLE001 - translated or re-raised
             if is_out_of_memory(exc):
                 self.model.zero_grad(set_to_none=True)
-                raise OutOfMemory(OOM_ADVICE.format(device=self.device.type.upper(), doing=doing)) from None
+                raise OutOfMemory(oom_advice(self.device.type, doing)) from None
             raise
 
     def _record(self, **values: Any) -> StepRecord:
@@ -304,11 +320,11 @@ class GradientMethod(Method):
         saved = state["params"]
         if sorted(saved) != sorted(self.param_names) or state.get("optimizer_name") != self.optimizer_name:
             raise ConfigurationError("the saved adaptation state was made with another model or optimiser; "
-                                     "reset the adaptation")
+                                     + START_AFRESH)
         with torch.no_grad():
             for n, p in zip(self.param_names, self.params):
                 if saved[n].shape != p.shape:
-                    raise ConfigurationError(f"saved parameter {n} has another shape; reset the adaptation")
+                    raise ConfigurationError(f"saved parameter {n} has another shape; " + START_AFRESH)
                 p.copy_(saved[n])
         self.optimizer.load_state_dict(state["optimizer"])
 
@@ -328,8 +344,8 @@ class GradientMethod(Method):
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unreadable state is the same user error
-            raise ConfigurationError(f"cannot read the adaptation state {path} ({exc}); "
-                                     f"reset the adaptation") from None
+            raise ConfigurationError(f"cannot read the adaptation state {path} ({_load_failure(exc)}); "
+                                     + START_AFRESH) from None
         self.load_state_dict(state)
 
 
@@ -452,7 +468,7 @@ class GraTa(GradientMethod):
     def _check_compatible(self, state: dict[str, Any]) -> None:
         super()._check_compatible(state)
         if list(state.get("losses", [])) != [self.aux_loss_name, self.pseudo_loss_name]:
-            raise ConfigurationError("the saved adaptation state used other losses; reset the adaptation")
+            raise ConfigurationError("the saved adaptation state used other losses; " + START_AFRESH)
 
 
 METHODS = {"none": NoAdapt, "bn": BNAdapt, "tent": Tent, "grata": GraTa}
