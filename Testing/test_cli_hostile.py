@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -546,6 +547,27 @@ def test_header_that_itk_refuses_is_named_not_called_incomplete(tmp_path, model2
     assert "complete" not in event["message"]
 
 
+def test_sheared_nifti_is_named_not_called_incomplete(tmp_path, model2d):
+    """ITK's NIfTI reader refuses a sheared sform (and warns about its scales first): one message
+    naming the geometry, the warning not printed on its own."""
+    import struct
+
+    import SimpleITK as sitk
+
+    plain = tmp_path / "plain.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).random((4, 16, 16)).astype(np.float32)),
+                    str(plain))
+    header = bytearray(plain.read_bytes())
+    struct.pack_into("<hh", header, 252, 0, 1)  # qform off, sform on
+    for offset, row in ((280, (1, 0.5, 0, 0)), (296, (0, 1, 0, 0)), (312, (0, 0, 1, 0))):
+        struct.pack_into("<4f", header, offset, *row)
+    sheared = tmp_path / "sheared.nii"
+    sheared.write_bytes(bytes(header))
+    event = assert_refused(_adapt([sheared], tmp_path / "out", model2d), [sheared], tmp_path / "out", "InputError",
+                           "sheared geometry")
+    assert "complete" not in event["message"]
+
+
 def test_file_name_the_plot_font_cannot_draw_gives_no_glyph_warnings(tmp_path, model2d):
     eye = write_picture(tmp_path / "眼底.png", fundus_like())
     code, out, err = run_child(_adapt([eye], tmp_path / "out", model2d))
@@ -602,3 +624,45 @@ def test_memory_estimate_names_the_size_that_fits():
     available = memory.FIXED_BYTES + 100_000_000 * 60  # room for a quarter of the pixels
     fitting = (available - memory.FIXED_BYTES) // per_pixel
     assert fitting == 100_000_000 and round((fitting / 400_000_000) ** 0.5, 3) == 0.5
+
+
+_SIGNAL_TIMES = [(round(random.Random(seed).uniform(0.2, 6.0), 2), ("SIGTERM", "SIGINT")[seed % 2])
+                 for seed in range(6)]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+@pytest.mark.parametrize("delay,signame", _SIGNAL_TIMES)
+def test_a_signal_at_a_random_moment_leaves_disk_and_stream_in_agreement(tmp_path, model2d, delay, signame):
+    """Seeded random moments across start-up, steps, writing and commit, cancelled as the panel
+    does (the signal, SIGKILL 1 s later): the run ends by itself, either cancelled (130, one
+    Cancelled error event last, no result, nothing partial) or done (0, done last, the result
+    complete and announced). benchmarks/cancel_timing.py tabulates the same on a large run."""
+    import signal
+    import time
+
+    from GraTaSegmenterLib.outputs import is_complete_result
+
+    eye = write_picture(tmp_path / "eye.png", fundus_like(300, 300))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "GraTaSegmenterLib.cli",
+                             *map(str, _adapt([eye], out, model2d, "--steps", "4"))], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=engine_environment(os.environ, MODULE_DIR))
+    time.sleep(delay)
+    if proc.poll() is None:
+        proc.send_signal(getattr(signal, signame))
+    try:
+        proc.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    stdout, err = proc.communicate(timeout=60)
+    stream = parse_events(stdout)
+    kinds = [e["event"] for e in stream]
+    assert proc.returncode in (0, 130), (proc.returncode, err)
+    if proc.returncode == 0:
+        assert kinds[-1] == "done" and "error" not in kinds and "output" in kinds
+        assert is_complete_result(out / "eye")
+    else:
+        assert kinds.count("error") == 1 and kinds[-1] == "error" and stream[-1]["kind"] == "Cancelled", stream
+        assert "output" not in kinds and not (out / "eye").exists()
+        assert "Traceback" not in err
+    assert not out.exists() or not [p for p in out.iterdir() if ".partial-" in p.name or ".old-" in p.name]

@@ -215,3 +215,19 @@ def test_the_page_names_no_server_file_outside_the_data_folder_and_its_uploads(p
     page.open_path(first)
     page.open_path(session.data_path("eye.png"))
     assert not first.exists() and uploaded.exists()  # the image's upload went with it; the model's stays
+
+
+def test_closing_the_page_releases_its_scene_views_and_server(page):
+    from trame.app import core
+
+    page.state.grata_data_choice = "eye.png"
+    page._reported(page.open_data_entry)()
+    scene, views = page.app.scene, page.app.view_manager
+    assert scene.GetNodesByClass("vtkMRMLVolumeNode").GetNumberOfItems() == 1
+    assert views.get_views() and core.AVAILABLE_SERVERS.get(page.server.name) is page.server
+    page.close()
+    assert scene.GetNodesByClass("vtkMRMLVolumeNode").GetNumberOfItems() == 0
+    assert scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+    assert views.get_views() == []
+    assert page.server.name not in core.AVAILABLE_SERVERS
+    page.close()  # a second close (the fixture's) does nothing more

@@ -42,7 +42,8 @@ def app_and_view(web):
                                                              properties=ViewProps(orientation="Axial")))
     view.interactor().UpdateSize(400, 400)
     view.render_window().SetSize(400, 400)
-    return app, view
+    yield app, view
+    web.release_app(app)
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -131,23 +132,27 @@ _ITK_SOURCE = re.compile(r"^\w+ \(0x[0-9a-fA-F]+\): ")
 
 @contextlib.contextmanager
 def reader_warnings(notes: list[str]) -> Iterator[None]:
-    """Catch what the C libraries under SimpleITK print on stderr while reading: libpng's
-    ``libpng warning: ...`` lines (one per row for some damage) and ITK's four-line WARNING
-    blocks become one short note per distinct message in ``notes``; anything else printed
-    meanwhile goes on to stderr unchanged. Without a stderr file descriptor, nothing is caught."""
+    """Catch what the C libraries under SimpleITK print while reading: libpng's ``libpng
+    warning: ...`` lines on stderr (one per row for some damage), ITK's four-line WARNING
+    blocks, and libjpeg's bare warnings, which it prints on *stdout*, where ``--events`` has its
+    JSON lines. They become one short note per distinct message in ``notes``; anything else
+    printed meanwhile goes on to stderr unchanged. Without file descriptors, nothing is caught."""
     try:
+        sys.stdout.flush()
         sys.stderr.flush()
-        saved = os.dup(2)
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
     except (OSError, ValueError, AttributeError):
         yield
         return
     with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
+        for fd in saved:
+            os.dup2(caught.fileno(), fd)
         try:
             yield
         finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+            for fd, original in saved.items():
+                os.dup2(original, fd)
+                os.close(original)
             caught.seek(0)
             text = caught.read().decode("utf-8", "replace")
     others = []
@@ -157,6 +162,8 @@ def reader_warnings(notes: list[str]) -> Iterator[None]:
             continue
         if line.startswith("libpng warning: "):
             note = "libpng: " + line[len("libpng warning: "):]
+        elif line in _LIBJPEG_WARNINGS:
+            note = "libjpeg: " + line
         elif _ITK_SOURCE.match(line):
             note = "ITK: " + _ITK_SOURCE.sub("", line)
         else:
@@ -168,11 +175,41 @@ def reader_warnings(notes: list[str]) -> Iterator[None]:
         print("\n".join(others), file=sys.stderr)
 
 
+# libjpeg's warnings (it prints them bare); the first means the file was cut short and the
+# missing rows were filled in grey.
+_TRUNCATED_JPEG = "Premature end of JPEG file"
+_LIBJPEG_WARNINGS = (_TRUNCATED_JPEG, "Corrupt JPEG data: premature end of data segment")
+
+
+def check_bmp(path: Path) -> None:
+    """What ITK's BMP reader does not check: the file holds the rows its header promises
+    (ITK fills the missing ones with zeros). Uncompressed bitmaps only; others are left to ITK."""
+    with open(path, "rb") as f:
+        head = f.read(34)
+    size = path.stat().st_size
+    if len(head) < 34 or head[:2] != b"BM":
+        return  # not a bitmap header: ITK's own refusal says so
+    offset = int.from_bytes(head[10:14], "little")
+    width = int.from_bytes(head[18:22], "little", signed=True)
+    height = int.from_bytes(head[22:26], "little", signed=True)
+    bits = int.from_bytes(head[28:30], "little")
+    compression = int.from_bytes(head[30:34], "little")
+    if compression not in (0, 3) or width <= 0 or bits == 0:
+        return
+    need = offset + (width * bits + 31) // 32 * 4 * abs(height)
+    if size < need:
+        raise InputError(f"{path.name} is truncated: its header promises {need} bytes, the file holds {size}; "
+                         f"copy or export it again")
+
+
 _HEADER_REFUSALS = (
     ("Zero-valued spacing", "its header gives a voxel spacing of 0 along an axis, so its geometry is undefined; "
                             "correct the spacing in the header (or save it again from a viewer that shows it right)"),
     ("Bad direction, determinant is 0", "its header gives axis directions that do not span space (two axes along "
                                         "one line); correct the space directions in the header"),
+    ("orthonormal direction cosines", "its header gives a sheared geometry (axes not at right angles), which ITK's "
+                                      "NIfTI reader does not support; resample it onto a grid with right-angled "
+                                      "axes (e.g. in Slicer: Resample Image), or save it as NRRD"),
 )
 
 
@@ -253,11 +290,13 @@ def _read_picture_with_pillow(path: Path) -> sitk.Image | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as picture:
-            picture.load()
-            if picture.mode not in ("LA", "La", "PA"):
-                return None  # ITK's refusal stands for everything else
-            array = np.asarray(picture.convert("LA"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Corrupt EXIF data" and the like: the refusal says it
+            with Image.open(path) as picture:
+                picture.load()
+                if picture.mode not in ("LA", "La", "PA"):
+                    return None  # ITK's refusal stands for everything else
+                array = np.asarray(picture.convert("LA"))
     except (OSError, UnidentifiedImageError, ValueError):
         return None
     return sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=True)
@@ -272,8 +311,10 @@ def exif_orientation(path: Path) -> str | None:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as picture:
-            value = picture.getexif().get(0x0112)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a damaged EXIF block: then no orientation to report
+            with Image.open(path) as picture:
+                value = picture.getexif().get(0x0112)
     except (OSError, UnidentifiedImageError, ValueError):
         return None
     return _EXIF_TURNS.get(value)
@@ -312,6 +353,8 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
                              f"use PNG, JPEG, TIFF, BMP, NRRD, NIfTI, MHA/MHD or a DICOM series folder")
         if suffix in (".nii", ".nii.gz"):
             check_nifti(path)
+        if suffix == ".bmp":
+            check_bmp(path)
         try:
             with reader_warnings(notes):
                 image = sitk.ReadImage(str(path))
@@ -319,6 +362,9 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
             image = _read_picture_with_pillow(path) if suffix in PICTURE_SUFFIXES else None
             if image is None:
                 raise _read_failure(path, exc) from None
+        if "libjpeg: " + _TRUNCATED_JPEG in notes:
+            raise InputError(f"{path.name} is truncated (the JPEG data ends early; its missing rows would be "
+                             f"grey); copy or export it again")
         kind = "picture" if suffix in PICTURE_SUFFIXES else "volume"
     if image.GetDimension() not in (2, 3):
         raise InputError(f"{path.name} is a {image.GetDimension()}D image; give a 2D image or a 3D volume "

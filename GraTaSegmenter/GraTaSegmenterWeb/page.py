@@ -43,7 +43,7 @@ from trame_slicer.rca_view import register_rca_factories
 from trame_slicer.views import Layout, LayoutDirection, ViewLayoutDefinition
 
 from . import files
-from .session import MODEL_FILE, NeedsConfirmation, SessionError, WebSession
+from .session import MODEL_FILE, NeedsConfirmation, SessionError, WebSession, release_app
 
 POLL_SECONDS = 0.2
 LABELS = {"method": "Method", "steps": "Steps per image", "learning_rate": "Learning rate",
@@ -427,9 +427,16 @@ class GraTaPage:
         self.state.grata_corrected = session.is_corrected(fingerprint)
 
     def close(self) -> None:
+        """End a run, remove the session's files, release the scene and views (see
+        :func:`release_app`) and take the server out of trame's registry."""
         if self._poller is not None:
             self._poller.cancel()
         self.session.close()
+        release_app(self.app)
+        from trame.app import core
+
+        if core.AVAILABLE_SERVERS.get(self.server.name) is self.server:
+            del core.AVAILABLE_SERVERS[self.server.name]
 
 
 def _plot_svg(progress) -> str:

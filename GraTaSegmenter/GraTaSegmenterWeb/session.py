@@ -526,6 +526,28 @@ class WebSession:
         shutil.rmtree(self.work, ignore_errors=True)
 
 
+def release_app(slicer_app) -> None:
+    """Free what a SlicerApp holds in VTK while everything it refers to is still alive: the
+    segment editor leaves its effect, the scene drops its nodes (observers still find their
+    objects), each view's render window lets go of its OpenGL context and the views are
+    removed. VTK observers that call back into Python keep these objects out of reach of
+    Python's garbage collector, so without this they live until the interpreter's exit and are
+    destroyed there in no particular order: the test run, done with several pages, ended in a
+    segmentation fault after every test had passed."""
+    editor = slicer_app.segmentation_editor
+    editor.deactivate_effect()
+    if editor.undo_stack is not None:
+        editor.undo_stack.clear()
+    slicer_app.scene.Clear(0)
+    manager = slicer_app.view_manager
+    for view in list(manager.get_views()):
+        view.finalize()
+        view_node = view.get_view_node() if hasattr(view, "get_view_node") else None
+        tag = view_node.GetSingletonTag() if view_node is not None else None
+        if tag:
+            manager.remove_view(tag)
+
+
 def _tag(segment, tag_name: str) -> str | None:
     """A segment's tag value, or None when it has none."""
     holder = vtkReference("")
