@@ -66,15 +66,17 @@ def _options(args: argparse.Namespace):
 
 
 def _load_engine(args: argparse.Namespace) -> None:
-    """Import torch and the engine with signals held back: a signal in the middle of torch's
-    import would break it (and the interpreter); it is raised once the import is done."""
+    """Import torch and the engine in a helper thread while the main thread waits: a signal
+    handled in the middle of torch's import would break it (and the interpreter), and held back
+    until the import is done (seconds on a busy machine) it would come after the Slicer panel's
+    SIGKILL. Waiting instead, the main thread cancels at once; nothing has been written yet,
+    and the command line's exit ends the helper."""
     import importlib
 
-    from .cancel import protected
+    from .cancel import interruptible
 
-    with protected():
-        _use_threads(args)
-        importlib.import_module(".segment", __package__)
+    interruptible(importlib.import_module, ".segment", __package__)
+    _use_threads(args)  # here: OpenMP's thread count is a setting of the calling thread
 
 
 def _cmd_adapt(args: argparse.Namespace, emit) -> int:

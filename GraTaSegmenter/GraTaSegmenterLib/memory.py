@@ -3,8 +3,10 @@
 Segmenting a large picture is bounded by host memory, not by the network (it sees the
 model's input size): the image as read, its float copy, the probabilities resampled to
 full resolution, the masks and the files being written. Measured peaks grow linearly
-with the pixels: about 58-62 bytes per pixel for an RGB picture and a two-class model, 69-80
-with ``--probabilities --uncertainty`` (``benchmarks/memory_estimate.py``). An input whose
+with the pixels: about 58-62 bytes per pixel for an RGB picture and a two-class model, 59-116
+with ``--probabilities --uncertainty`` (``benchmarks/memory_estimate.py``; peaks vary by some
+tens of MiB between runs). The estimate is meant to catch inputs that cannot fit by far, not to
+budget the last megabyte. An input whose
 estimate exceeds the memory available now is refused before any step, with the largest
 size that would fit, instead of running out of memory late (or being killed by the system).
 """
