@@ -84,3 +84,19 @@ def test_rgb_picture_is_channel_first(tmp_path):
     sitk.WriteImage(sitk.GetImageFromArray(rgb, isVector=True), str(path))
     loaded = imageio.read_image(path)
     assert loaded.array.shape == (3, 4, 6) and loaded.array[2].max() == 200 and loaded.kind == "picture"
+
+
+def test_seg_nrrd_bytes_depend_on_the_masks_only(tmp_path):
+    """The gzip stream carries no time stamp: the same segmentation saved twice (the web page's
+    overwrite, a researcher's rerun) gives the same bytes, whatever the clock says. (The web
+    session's save-twice test failed when the two saves fell in different seconds.)"""
+    ref = sitk.Image(6, 5, sitk.sitkUInt8)
+    masks = np.zeros((2, 5, 6), np.uint8)
+    masks[0, 1:4, 1:5] = 1
+    path = tmp_path / "a.seg.nrrd"
+    imageio.write_seg_nrrd(path, masks, ref, FUNDUS_CLASSES)
+    data = path.read_bytes()
+    stream = data[data.index(b"\n\n") + 2:]
+    assert stream[:2] == b"\x1f\x8b" and stream[4:8] == b"\x00\x00\x00\x00"  # gzip magic, mtime 0
+    _, layers = _seg_header(path)
+    assert np.frombuffer(layers, np.uint8).sum() == 12

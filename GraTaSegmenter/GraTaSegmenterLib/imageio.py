@@ -546,4 +546,4 @@ def write_seg_nrrd(path: str | os.PathLike, masks: np.ndarray, reference: sitk.I
     header += [f"{k}:={v}" for k, v in meta.items()]
     with open(path, "wb") as f:
         f.write(("\n".join(header) + "\n\n").encode("utf-8"))
-        f.write(gzip.compress(data.tobytes(), compresslevel=6))
+        f.write(gzip.compress(data.tobytes(), compresslevel=6, mtime=0))  # same masks, same bytes
