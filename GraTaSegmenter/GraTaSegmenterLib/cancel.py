@@ -101,8 +101,9 @@ def interruptible(work: Callable[..., T], *args, **kwargs) -> T:
     Python runs a signal handler only between bytecodes of the main thread: inside one long
     call into C (SimpleITK compressing and writing a large result, which takes seconds at
     8000 x 8000) a cancel would wait until the call returns, past the Slicer module's 1 s
-    grace before SIGKILL, which leaves the staging folder behind. Waiting here instead,
-    the main thread raises :class:`Cancelled` at once; the helper is left to run (the caller
+    grace before SIGKILL, which leaves the staging folder behind; torch's import must not be
+    interrupted at all, and held back it too outlasts the grace. Waiting here instead, the
+    main thread raises :class:`Cancelled` at once; the helper is left to run (the caller
     removes what it was writing, and the command line ends the process). Outside a
     :func:`cancel_on_signals` block this is a plain call."""
     if _active is None or threading.current_thread() is not threading.main_thread():

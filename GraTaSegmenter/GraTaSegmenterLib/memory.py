@@ -6,9 +6,9 @@ full resolution, the masks and the files being written. Measured peaks grow line
 with the pixels: about 58-62 bytes per pixel for an RGB picture and a two-class model, 59-116
 with ``--probabilities --uncertainty`` (``benchmarks/memory_estimate.py``; peaks vary by some
 tens of MiB between runs). The estimate is meant to catch inputs that cannot fit by far, not to
-budget the last megabyte. An input whose
-estimate exceeds the memory available now is refused before any step, with the largest
-size that would fit, instead of running out of memory late (or being killed by the system).
+budget the last megabyte. An input whose estimate exceeds the memory available now is refused
+before any step, with the largest size that would fit, instead of running out of memory late
+(or being killed by the system).
 """
 
 from __future__ import annotations
