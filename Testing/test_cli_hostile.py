@@ -671,3 +671,27 @@ def test_a_signal_at_a_random_moment_leaves_disk_and_stream_in_agreement(tmp_pat
         assert "output" not in kinds and not (out / "eye").exists()
         assert "Traceback" not in err
     assert not out.exists() or not [p for p in out.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX signals")
+def test_the_program_ends_as_soon_as_done_is_written(tmp_path, model2d):
+    """A Cancel that meets `done` (SIGTERM at once, SIGKILL 1 s later, as the panel does): the
+    run ends by itself with exit 0. Before, the interpreter's teardown with torch loaded took
+    about a second after `done`, and the kill could land on a finished run."""
+    import signal
+
+    eye = write_picture(tmp_path / "eye.png", fundus_like())
+    proc = subprocess.Popen([sys.executable, "-m", "GraTaSegmenterLib.cli",
+                             *map(str, _adapt([eye], tmp_path / "out", model2d))], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=engine_environment(os.environ, MODULE_DIR))
+    for line in proc.stdout:
+        if json.loads(line)["event"] == "done":
+            break
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert (tmp_path / "out" / "eye" / "segmentation.seg.nrrd").is_file()

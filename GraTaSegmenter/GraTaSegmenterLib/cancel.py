@@ -34,9 +34,12 @@ def _cancelled(signum: int) -> Cancelled:
 
 
 @contextlib.contextmanager
-def cancel_on_signals() -> Iterator[None]:
+def cancel_on_signals(then_ignore: bool = False) -> Iterator[None]:
     """Within the block, SIGINT and SIGTERM raise :class:`Cancelled` (once: a
-    second signal while cleaning up is ignored). Previous handlers come back on exit.
+    second signal while cleaning up is ignored). Previous handlers come back on exit, or,
+    with ``then_ignore`` (the program, which only reports and exits after the block), the
+    signals are ignored from then on: restored, Python's default for SIGTERM would kill a
+    run that has just written ``done``.
     Outside the main thread (signals cannot be handled there) this does nothing.
 
     Two refinements keep the event stream true to what is on disk: inside
@@ -67,7 +70,7 @@ def cancel_on_signals() -> Iterator[None]:
     finally:
         _active = outer
         for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
+            signal.signal(s, signal.SIG_IGN if then_ignore else h if h is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager

@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"grata-segmenter: error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
     try:
-        status = _main(argv)
+        status = _main(argv, program)
     finally:
         if program:
             # The run is over and reported: a late Ctrl+C must not print a traceback on the way out.
@@ -278,18 +278,22 @@ def main(argv: list[str] | None = None) -> int:
 
             for s in (signal.SIGINT, signal.SIGTERM):
                 signal.signal(s, signal.SIG_IGN)
-    if program and status == EXIT_CANCELLED:
-        # Cancelled: the staged outputs are gone and the error event is written. Skip the
-        # interpreter's teardown (most of a second with torch loaded) so that the Slicer
-        # module's Cancel sees this clean exit well inside its grace period; it also ends a
-        # writer thread that a cancel left inside a long write (cancel.interruptible).
-        sys.stdout.flush()
-        sys.stderr.flush()
+    if program:
+        # Everything is on disk and reported (results committed, or staged outputs removed,
+        # and the last event written). Skip the interpreter's teardown, a second with torch
+        # loaded: the Slicer panel and the web page wait for the exit to import the results,
+        # and a Cancel right after `done` would otherwise meet the panel's SIGKILL at 1 s. It
+        # also ends a writer thread that a cancel left inside a long write (cancel.interruptible).
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a reader that went away: nothing more to tell it
+                pass
         os._exit(status)
     return status
 
 
-def _main(argv: list[str]) -> int:
+def _main(argv: list[str], program: bool = False) -> int:
     from .cancel import Cancelled, cancel_on_signals
     from .errors import is_out_of_memory, oom_advice
     from .events import EventWriter, no_events
@@ -298,7 +302,7 @@ def _main(argv: list[str]) -> int:
     emit = no_events
     args = None
     try:
-        with cancel_on_signals():
+        with cancel_on_signals(then_ignore=program):
             try:
                 args = build_parser().parse_args(argv)
                 if args.events:
