@@ -269,15 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         except UsageError as exc:
             print(f"grata-segmenter: error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR
-    try:
-        status = _main(argv, program)
-    finally:
-        if program:
-            # The run is over and reported: a late Ctrl+C must not print a traceback on the way out.
-            import signal
-
-            for s in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(s, signal.SIG_IGN)
+    # Run as the program, signals are ignored from the end of _main's cancel block on: a late
+    # Ctrl+C prints no traceback and a late SIGTERM cannot kill a run that has written `done`.
+    status = _main(argv, program)
     if program:
         # Everything is on disk and reported (results committed, or staged outputs removed,
         # and the last event written). Skip the interpreter's teardown, a second with torch

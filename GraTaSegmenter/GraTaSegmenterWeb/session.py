@@ -532,8 +532,9 @@ def release_app(slicer_app) -> None:
     objects), each view's render window lets go of its OpenGL context and the views are
     removed. VTK observers that call back into Python keep these objects out of reach of
     Python's garbage collector, so without this they live until the interpreter's exit and are
-    destroyed there in no particular order: the test run, done with several pages, ended in a
-    segmentation fault after every test had passed."""
+    destroyed there in no particular order (the suspected cause of the test process's
+    occasional segmentation fault at exit; Testing/conftest.py also ends it without that
+    teardown)."""
     editor = slicer_app.segmentation_editor
     editor.deactivate_effect()
     if editor.undo_stack is not None:
@@ -542,10 +543,9 @@ def release_app(slicer_app) -> None:
     manager = slicer_app.view_manager
     for view in list(manager.get_views()):
         view.finalize()
-        view_node = view.get_view_node() if hasattr(view, "get_view_node") else None
-        tag = view_node.GetSingletonTag() if view_node is not None else None
-        if tag:
-            manager.remove_view(tag)
+        view_node = view.get_view_node()
+        if view_node is not None:
+            manager.remove_view(view_node.GetSingletonTag())
 
 
 def _tag(segment, tag_name: str) -> str | None:
