@@ -6,12 +6,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test demo web web-screenshots venv clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements/nnunet-nodeps.txt requirements/nnunet.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU build of torch first, so that the dependency below does not pull a CUDA build.
 	$(PY) -m pip install --quiet "torch==2.13.0"
 	$(PY) -m pip install --quiet -e ".[test,web]"
+	# nnU-Net v2 without its timm/torchvision chain (requirements/README.md)
+	$(PY) -m pip install --quiet --no-deps -r requirements/nnunet-nodeps.txt
+	$(PY) -m pip install --quiet -r requirements/nnunet.txt
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -11,6 +11,7 @@ option, model file, existing output, full disk, out of memory), 130 cancelled
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import contextlib
 import os
 import re
@@ -44,11 +45,23 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_info(args: argparse.Namespace, emit) -> int:
+    from .adaptation.norm import adaptation_summary
     from .models import card_summary, default_model_path, file_sha256, load_model
+    from .models.nnunet import is_nnunet_folder, load_nnunet, nnunet_summary
 
-    path = args.model or default_model_path()
+    path = Path(args.model) if args.model else default_model_path()
+    if is_nnunet_folder(path):
+        folder = load_nnunet(path)
+        print(card_summary(folder.card))
+        print(nnunet_summary(folder))
+        print(f"adapts: {adaptation_summary(folder.network)}")
+        for fold in folder.folds:
+            checkpoint = folder.folder / f"fold_{fold}" / folder.checkpoint
+            print(f"fold {fold}: {checkpoint} sha256 {file_sha256(checkpoint)}")
+        return 0
     model = load_model(path)
     print(card_summary(model.card))
+    print(f"adapts: {adaptation_summary(model)}")
     print(f"file: {path}")
     print(f"sha256: {file_sha256(path)}")
     return 0
@@ -113,7 +126,8 @@ def _add_adapt(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="2D image (PNG, JPEG, TIFF, BMP), volume (NRRD, NIfTI, MHA/MHD) or DICOM series folder")
     p.add_argument("-o", "--output", required=True, type=_folder, metavar="OUTDIR", help="folder for the results")
-    p.add_argument("--model", help="model file (default: the bundled fundus model)")
+    p.add_argument("--model", help="model file, or an nnU-Net v2 model folder (or one of its fold_N folders); "
+                   "default: the bundled fundus model")
     p.add_argument("--method", default=choices.DEFAULT_METHOD, choices=METHODS,
                    help="adaptation method (default %(default)s; none = the source model as trained)")
     p.add_argument("--steps", type=int, default=choices.DEFAULT_STEPS,
@@ -238,8 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Adapt segmentation networks to new images at test time (GraTa) and segment them.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    info = sub.add_parser("info", help="show a model file's card")
-    info.add_argument("model", nargs="?", help="model file (default: the bundled model)")
+    info = sub.add_parser("info", help="show what a model is (a model file or an nnU-Net model folder)")
+    info.add_argument("model", nargs="?", help="model file or nnU-Net model folder (default: the bundled model)")
     info.set_defaults(func=_cmd_info, events=False)
     _add_adapt(sub)
     _add_demo(sub)

@@ -251,6 +251,7 @@ class Segmenter:
                  progress: bool = False):
         from .adaptation import make_method
         from .models import default_model_path, load_model
+        from .models.nnunet import is_nnunet_folder, load_nnunet
 
         options.check()
         self.options = options
@@ -259,12 +260,27 @@ class Segmenter:
         self._log = log
         self.device, self.device_text = resolve_device(options.device)
         self.model_path = Path(options.model) if options.model else default_model_path()
-        model = load_model(self.model_path, self.device)
+        self.pipeline = None  # nnU-Net's own preprocessing and prediction, for an nnU-Net model folder
+        memory_format = "auto"
+        if is_nnunet_folder(self.model_path):
+            from .nnunet_pipeline import NnUNetPipeline
+
+            folder = load_nnunet(self.model_path, self.device)
+            if len(folder.folds) > 1 and options.method in GRADIENT_METHODS:
+                raise ConfigurationError(
+                    f"{self.model_path.name} is an ensemble of {len(folder.folds)} folds; adapting it would adapt "
+                    f"each fold on its own. Choose one fold as the model (its fold_N folder, e.g. "
+                    f"{self.model_path / ('fold_' + folder.folds[0])}), or --method none or bn for the ensemble")
+            self.pipeline = NnUNetPipeline(folder, self.device)
+            model = self.pipeline.module
+            memory_format = "contiguous"  # nnU-Net's layout, so that --method none is its prediction bit for bit
+        else:
+            model = load_model(self.model_path, self.device)
         self.card = model.card
         self.model = model
         self.method = make_method(options.method, model, seed=options.seed, lr=options.lr,
                                   aux_loss=options.aux_loss, pseudo_loss=options.pseudo_loss,
-                                  precision=options.precision)
+                                  precision=options.precision, memory_format=memory_format)
         self.size_multiple = int(getattr(model, "size_multiple", 1))
         if options.load_state:
             self.method.load_state(options.load_state)
@@ -329,6 +345,8 @@ class Segmenter:
         """Adapt on one image (as the mode says) and predict it."""
         from tqdm import tqdm
 
+        if self.pipeline is not None:
+            return self._segment_with_pipeline(loaded, input_index)
         opts, card = self.options, self.card
         array, slice_axis = self._plan(loaded)
         feeder = _Feeder(array, card, slice_axis, self.size_multiple)
@@ -359,11 +377,7 @@ class Segmenter:
                         cursor = 0
                     index, cursor = perm[cursor:cursor + batch], cursor + batch
                 rec = self.method.step(feeder.batch(index)).to_dict()
-                self.global_step += 1
-                record = {"input_index": input_index, "input": str(loaded.path), "step": k + 1,
-                          "global_step": self.global_step, "total_steps": self.total_steps or steps,
-                          **{key: rec[key] for key in ("cosine", "lr", "aux_loss", "pseudo_loss", "loss",
-                                                       "seconds", "applied", "skipped")}}
+                record = self._step_record(loaded, input_index, k, steps, rec)
                 records.append(record)
                 self.emit("step", **record)
                 bar.set_postfix_str(f"cos {rec['cosine']:+.2f}" if rec["cosine"] is not None else "")
@@ -388,6 +402,68 @@ class Segmenter:
                 prediction.uncertainty = prediction.uncertainty[0]
         if opts.postprocess and card.postprocess:
             self._postprocess(loaded, prediction, slice_axis, input_index)
+        return prediction
+
+    def _step_record(self, loaded: imageio.LoadedImage, input_index: int, k: int, steps: int, rec: dict) -> dict:
+        self.global_step += 1
+        return {"input_index": input_index, "input": str(loaded.path), "step": k + 1,
+                "global_step": self.global_step, "total_steps": self.total_steps or steps,
+                **{key: rec[key] for key in ("cosine", "lr", "aux_loss", "pseudo_loss", "loss", "seconds", "applied",
+                                             "skipped")}}
+
+    def _segment_with_pipeline(self, loaded: imageio.LoadedImage, input_index: int) -> Prediction:
+        """An nnU-Net model: nnU-Net's preprocessing, the steps on its sliding windows, nnU-Net's
+        prediction with the adapted weights (see :mod:`.nnunet_pipeline`)."""
+        from tqdm import tqdm
+
+        opts, card, pipeline = self.options, self.card, self.pipeline
+        if loaded.dims != 3:
+            raise InputError(f"{loaded.path.name} is a 2D image; nnU-Net models segment volumes here (choose a CT "
+                             f"or MR volume)")
+        check_finite(loaded.array, loaded.path.name)
+        lo, hi = float(loaded.array.min()), float(loaded.array.max())
+        if not hi > lo:
+            raise InputError(f"{loaded.path.name} is constant (every value is {lo:g}); there is nothing to "
+                             f"segment. Check that the right volume was chosen")
+        array = match_channels(loaded, card.input_channels, self.log)
+        if loaded.notes:
+            self.log(f"{loaded.path.name}: the reader warned: " + "; ".join(loaded.notes[:3]))
+        spacing = tuple(reversed(loaded.image.GetSpacing()))
+        case = pipeline.prepare(array, spacing)
+        pipeline.use_range(case)
+        self.reset_for_input()
+        steps = opts.steps_per_input
+        bar = tqdm(total=steps + 1, desc=imageio.stem_of(loaded.path)[:24], unit="step", file=sys.stderr,
+                   disable=not self.progress, leave=False, dynamic_ncols=True)
+        records = []
+        try:
+            windows = pipeline.adaptation_windows(case, steps, self.method.predict) if steps else []
+            if steps:
+                self.log(f"{loaded.path.name}: adapting on {_plural(len(windows), 'window')} of "
+                         f"{len(case.windows)} ({' x '.join(map(str, pipeline.patch))} voxels each), "
+                         f"the ones with the most foreground")
+            for k in range(steps):
+                rec = self.method.step(pipeline.window(case, windows[k % len(windows)])).to_dict()
+                record = self._step_record(loaded, input_index, k, steps, rec)
+                records.append(record)
+                self.emit("step", **record)
+                bar.set_postfix_str(f"cos {rec['cosine']:+.2f}" if rec["cosine"] is not None else "")
+                bar.update(1)
+            weights = pipeline.adapted_weights() if opts.method in GRADIENT_METHODS else list(pipeline.model.fold_weights)
+            training = self.model.training
+            with self.method._out_of_memory("predicting"):
+                segmentation, probabilities = pipeline.predict(case, weights)
+            self.model.train(training)
+            bar.update(1)
+        finally:
+            bar.close()
+        classes = card.classes
+        masks = np.stack([(segmentation == c.label) for c in classes]).astype(np.uint8)
+        prediction = Prediction(masks=masks, labels=imageio.labels_from_masks(masks, classes), records=records)
+        if opts.probabilities:
+            prediction.probabilities = np.ascontiguousarray(probabilities[[c.channel for c in classes]])
+        if opts.uncertainty:
+            prediction.uncertainty = normalised_entropy(torch.from_numpy(probabilities)[None], "softmax")[0].numpy()
         return prediction
 
     def _postprocess(self, loaded: imageio.LoadedImage, prediction: Prediction, slice_axis: int | None,

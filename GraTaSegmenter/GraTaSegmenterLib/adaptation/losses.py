@@ -36,6 +36,7 @@ class LossContext:
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     batch_views: int = 1  # consistency views per forward pass (1: one at a time)
     memory_format: torch.memory_format = torch.contiguous_format
+    view_axes: tuple[int, ...] | None = None  # the spatial axes the consistency views may flip (None: all)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.autocast():
@@ -65,7 +66,7 @@ def entropy(ctx: LossContext, x: torch.Tensor) -> torch.Tensor:
 def pseudo_label(ctx: LossContext, x: torch.Tensor) -> torch.Tensor:
     """Mean activation of the original image and its flipped/rotated views,
     each mapped back; no gradient."""
-    views = consistency_views(ctx.spatial_dims)
+    views = consistency_views(ctx.spatial_dims, ctx.view_axes)
     transformed = [v.forward(x) for v in views]
     per_pass = max(1, int(ctx.batch_views)) if all(t.shape == x.shape for t in transformed) else 1
     logits = []

@@ -126,6 +126,7 @@ class Method:
             autocast=self._autocast,
             batch_views=self._views_per_pass(batch_views),
             memory_format=self.memory_format,
+            view_axes=getattr(model, "consistency_axes", None),
         )
 
     # -- placement and precision -------------------------------------------------

@@ -93,3 +93,29 @@ def per_chunk_batch_statistics(model: nn.Module, groups: int) -> Iterator[None]:
     finally:
         for module in patched:
             del module.forward
+
+
+def adaptation_summary(model: nn.Module) -> str:
+    """What test-time adaptation would train in a network, for people: 'the affine parameters of
+    16 InstanceNorm3d layers (2,464 values)'; or why nothing would be."""
+    counts: dict[str, int] = {}
+    values = 0
+    without_affine: dict[str, int] = {}
+    for module in model.modules():
+        if isinstance(module, NORM_TYPES):
+            params = [p for p in (getattr(module, "weight", None), getattr(module, "bias", None))
+                      if isinstance(p, nn.Parameter)]
+            kind = type(module).__name__
+            if params:
+                counts[kind] = counts.get(kind, 0) + 1
+                values += sum(p.numel() for p in params)
+            else:
+                without_affine[kind] = without_affine.get(kind, 0) + 1
+    if not counts:
+        why = (" (" + ", ".join(f"{n} {k} without affine parameters" for k, n in without_affine.items()) + ")"
+               if without_affine else "")
+        return "nothing: the network has no normalisation layer with affine parameters" + why + \
+            "; only --method none can be used"
+    layers = ", ".join(f"{n} {k}" for k, n in counts.items())
+    total = sum(p.numel() for p in model.parameters())
+    return f"the affine parameters of {layers} layers ({values:,} of {total:,} values)"

@@ -66,5 +66,20 @@ VIEWS_3D = (
 ROTATION_TASK = (_flip(-1), _flip(-2), _rot90, _rot180, _rot270, _identity)
 
 
-def consistency_views(spatial_dims: int) -> tuple[View, ...]:
-    return VIEWS_2D if spatial_dims == 2 else VIEWS_3D
+def consistency_views(spatial_dims: int, axes: tuple[int, ...] | None = None) -> tuple[View, ...]:
+    """The views for a model; ``axes`` limits them to what the model was trained to be invariant
+    to (nnU-Net's ``inference_allowed_mirroring_axes``, spatial axes counted from 0): the identity,
+    a flip along each allowed axis, and the in-plane rotations only when both in-plane axes are
+    allowed. A model trained without mirroring and with left and right labels would otherwise see
+    its classes swapped in the flipped views."""
+    views = VIEWS_2D if spatial_dims == 2 else VIEWS_3D
+    if axes is None:
+        return views
+    dims = {int(a) - spatial_dims for a in axes}  # spatial axis -> negative tensor dimension
+    flips = {"flip_horizontal": -1, "flip_vertical": -2, "flip_w": -1, "flip_h": -2, "flip_d": -3}
+    kept = []
+    for view in views:
+        if view.name == "identity" or flips.get(view.name) in dims or (view.name.startswith("rotate")
+                                                                        and {-1, -2} <= dims):
+            kept.append(view)
+    return tuple(kept)

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelFileError
-from .card import ModelCard, SegmentClass
+from .card import FILE_ARCHITECTURES, ModelCard, SegmentClass
 from .fundus import FUNDUS_CLASSES, FUNDUS_POSTPROCESS
 from .resunet import ResUnet, resunet_config_from_keys
 from .unet import UNet
@@ -60,6 +60,9 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def build_network(card: ModelCard) -> nn.Module:
     """Instantiate the (untrained) network a card describes."""
+    if card.architecture not in FILE_ARCHITECTURES:
+        raise ModelFileError(f"a model file cannot hold a {card.architecture!r} network (an nnU-Net model is its "
+                             f"folder, chosen as the model itself); the file is damaged or was written by hand")
     args = dict(card.arguments)
     try:
         if card.architecture == "resunet":

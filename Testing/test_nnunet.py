@@ -1,0 +1,303 @@
+"""nnU-Net v2 model folders: read safely, predicted as nnU-Net predicts, adapted on its windows.
+
+The model folder is made by ``scripts/make_nnunet_model.py``: planned by nnU-Net,
+its network built, trained (briefly) and checkpointed by nnU-Net's own trainer.
+The reference every prediction is held against is nnU-Net's ``nnUNetPredictor``
+loading that folder by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from GraTaSegmenterLib import imageio, phantom3d
+from GraTaSegmenterLib.adaptation.norm import NORM_TYPES, adaptation_summary
+from GraTaSegmenterLib.adaptation.views import consistency_views
+from GraTaSegmenterLib.errors import ConfigurationError, InputError, ModelFileError
+from GraTaSegmenterLib.models.nnunet import build_network, is_nnunet_folder, load_nnunet, resolved_configuration
+from GraTaSegmenterLib.segment import Options, Segmenter
+from test_cli_support import OBLIQUE_3D, assert_same_geometry, parse_events, run_cli, set_geometry
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("nnunet")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_nnunet_model.py"), str(out), "--cases", "4",
+                           "--iterations", "30", "--scale", "0.5"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Path(json.loads(done.stdout.strip().splitlines()[-1])["folder"])
+
+
+@pytest.fixture
+def copy(folder, tmp_path):
+    """A copy of the model folder to tamper with."""
+    target = tmp_path / folder.name
+    shutil.copytree(folder, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def volume_b(tmp_path_factory) -> Path:
+    """Centre B (other calibration) at an oblique orientation: nnU-Net reads voxels, not directions."""
+    case = phantom3d.render_case("B", 11, scale=0.5)
+    image = sitk.GetImageFromArray(case.image)
+    set_geometry(image, tuple(reversed(case.spacing)), (12.5, -30.0, 7.25), OBLIQUE_3D)
+    path = tmp_path_factory.mktemp("volumes") / "centre_b.nii.gz"
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+def nnunet_reference(folder: Path, volume: Path, folds=(0,), weights=None):
+    """nnU-Net's own prediction: the predictor loads the folder itself (weights_only=False: our own file)."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    predictor = nnUNetPredictor(device=torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(folder), use_folds=folds)
+    if weights is not None:
+        predictor.list_of_parameters = weights
+    image = sitk.ReadImage(str(volume))
+    array = sitk.GetArrayFromImage(image)[None].astype(np.float32)
+    return predictor.predict_single_npy_array(array, {"spacing": list(image.GetSpacing())[::-1]},
+                                              save_or_return_probabilities=True)
+
+
+def segment(folder, volume, **options):
+    seg = Segmenter(Options(model=str(folder), device="cpu", **options), log=lambda message: None)
+    return seg, seg.segment(imageio.read_image(volume))
+
+
+def edit_checkpoint(fold: Path, change) -> None:
+    path = fold / "checkpoint_final.pth"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    change(checkpoint)
+    torch.save(checkpoint, path)
+
+
+def edit_plans(folder: Path, change) -> None:
+    plans = json.loads((folder / "plans.json").read_text())
+    change(plans)
+    (folder / "plans.json").write_text(json.dumps(plans))
+
+
+# -- prediction: nnU-Net's own -------------------------------------------------------------------
+
+def test_method_none_is_nnunets_own_prediction(folder, volume_b):
+    _, ours = segment(folder, volume_b, method="none", probabilities=True)
+    labels, probabilities = nnunet_reference(folder, volume_b)
+    assert ours.labels.shape == labels.shape == sitk.ReadImage(str(volume_b)).GetSize()[::-1]
+    np.testing.assert_array_equal(ours.labels, labels)
+    np.testing.assert_allclose(ours.probabilities, probabilities[1:], atol=1e-6)
+    # not a constant field: the briefly trained network already ranks the liver above the rest
+    truth = phantom3d.render_case("B", 11, scale=0.5).labels
+    liver = ours.probabilities[0]
+    assert liver.std() > 1e-3 and liver[truth == 1].mean() > liver[truth != 1].mean() + 0.05
+    assert [m.sum() for m in ours.masks] == [int((labels == k).sum()) for k in (1, 2, 3)]
+
+
+def test_an_ensemble_of_folds_is_predicted_as_nnunet_averages_it(copy, volume_b):
+    shutil.copytree(copy / "fold_0", copy / "fold_1")
+    generator = torch.Generator().manual_seed(1)
+
+    def perturb(checkpoint):
+        for value in checkpoint["network_weights"].values():
+            value.add_(torch.randn(value.shape, generator=generator) * 0.05 * value.std().nan_to_num(0.0))
+
+    edit_checkpoint(copy / "fold_1", perturb)
+    _, ours = segment(copy, volume_b, method="none")
+    labels, _ = nnunet_reference(copy, volume_b, folds=(0, 1))
+    np.testing.assert_array_equal(ours.labels, labels)
+    single, _ = nnunet_reference(copy, volume_b, folds=(0,))
+    assert (single != labels).any()  # the second fold took part
+    with pytest.raises(ConfigurationError, match="ensemble of 2 folds.*fold_0"):
+        segment(copy, volume_b, method="grata", steps=1)
+    _, one_fold = segment(copy / "fold_1", volume_b, method="none")  # a fold folder is a model of its own
+    np.testing.assert_array_equal(one_fold.labels, nnunet_reference(copy, volume_b, folds=(1,))[0])
+
+
+# -- adaptation: on nnU-Net's windows, only the norms move, nnU-Net predicts with them ----------------
+
+def test_grata_adapts_the_instance_norms_and_nnunet_predicts_with_the_adapted_weights(folder, volume_b):
+    seg, adapted = segment(folder, volume_b, method="grata", steps=2, lr=1e-3)
+    records = adapted.records
+    assert [r["step"] for r in records] == [1, 2] and all(r["applied"] for r in records)
+    for r in records:
+        assert -1 <= r["cosine"] <= 1
+        assert r["lr"] == pytest.approx(1e-3 * (r["cosine"] + 1) ** 2 / 4, rel=1e-5)
+    source = torch.load(folder / "fold_0" / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    network = seg.pipeline.model.network
+    now = network.state_dict()
+    trained = set(seg.method.param_names)
+    assert trained and all(isinstance(seg.model.get_submodule(n.rsplit(".", 1)[0]), NORM_TYPES) for n in trained)
+    changed = {k for k in source if not torch.equal(source[k], now[k])}
+    # (the decoder holds the encoder too, so a weight can have two keys: check the module, not the name)
+    assert changed and all(isinstance(network.get_submodule(k.rsplit(".", 1)[0]), torch.nn.InstanceNorm3d)
+                           for k in changed)
+    labels, _ = nnunet_reference(folder, volume_b, weights=seg.pipeline.adapted_weights())
+    np.testing.assert_array_equal(adapted.labels, labels)
+
+
+def test_the_steps_run_on_the_windows_with_most_foreground(folder):
+    from GraTaSegmenterLib.nnunet_pipeline import NnUNetPipeline
+
+    model = load_nnunet(folder)
+    pipeline = NnUNetPipeline(model, torch.device("cpu"), tile_step_size=0.5)
+    case = phantom3d.render_case("A", 3, scale=1.0)  # full size: several windows
+    prepared = pipeline.prepare(case.image[None], case.spacing)
+    assert len(prepared.windows) > 2
+    pipeline.use_range(prepared)
+    windows = pipeline.adaptation_windows(prepared, 2, lambda x: pipeline.module(x))
+    with torch.no_grad():
+        mass = [float(torch.softmax(pipeline.module(pipeline.window(prepared, w)), 1)[:, 1:].sum())
+                for w in prepared.windows]
+    assert [mass[prepared.windows.index(w)] for w in windows] == sorted(mass, reverse=True)[:2]
+    x = pipeline.window(prepared, windows[0])
+    assert x.shape[2:] == tuple(model.config["patch_size"]) and 0 <= float(x.min()) and float(x.max()) <= 1
+    # the unit-interval window, scaled back, is nnU-Net's preprocessed data
+    back = x * pipeline.module.scale.view(1, -1, 1, 1, 1) + pipeline.module.shift.view(1, -1, 1, 1, 1)
+    torch.testing.assert_close(back[0], prepared.padded[windows[0]].float(), atol=1e-4, rtol=1e-5)
+
+
+def test_consistency_views_follow_the_checkpoints_mirroring_axes(copy, volume_b):
+    assert [v.name for v in consistency_views(3, (0,))] == ["identity", "flip_d"]
+    assert [v.name for v in consistency_views(3, (1, 2))] == ["identity", "flip_w", "flip_h", "rotate_90_hw",
+                                                              "rotate_180_hw", "rotate_270_hw"]
+    assert [v.name for v in consistency_views(3, ())] == ["identity"]
+    assert len(consistency_views(3, (0, 1, 2))) == len(consistency_views(3)) == 7
+    edit_checkpoint(copy / "fold_0", lambda c: c.update(inference_allowed_mirroring_axes=(0,)))
+    seg, _ = segment(copy, volume_b, method="grata", steps=1)
+    assert seg.method.loss_context.view_axes == (0,)
+    assert seg.pipeline.predictor.allowed_mirroring_axes == (0,)
+
+
+# -- loading: nothing from the folder runs --------------------------------------------------------------
+
+class _Canary:
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_a_checkpoint_carrying_code_is_refused_without_running_it(copy, tmp_path, volume_b):
+    canary = tmp_path / "canary"
+    edit_checkpoint(copy / "fold_0", lambda c: c.update(logging=_Canary(canary)))
+    with pytest.raises(ModelFileError, match="could run code"):
+        load_nnunet(copy)
+    code, out, err = run_cli(["info", copy])
+    assert code != 0 and "could run code" in err and "weights_only=False" not in err
+    code, out, err = run_cli(["adapt", volume_b, "-o", tmp_path / "out", "--model", copy, "--device", "cpu"])
+    assert code != 0 and "could run code" in err
+    assert not canary.exists()
+    assert not (tmp_path / "out" / "centre_b").exists()
+    # the same pickle does run when loaded the unsafe way, so the canary would have told
+    pickle.loads(pickle.dumps(_Canary(canary)))
+    assert canary.exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p["configurations"]["3d_fullres"]["architecture"].update(network_class_name="os.system"),
+     "network 'os.system'"),
+    (lambda p: p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(conv_op="subprocess.Popen"),
+     "conv_op = 'subprocess.Popen'"),
+    (lambda p: p["configurations"]["3d_fullres"].update(preprocessor_name="MyPreprocessor"),
+     "not nnU-Net's own: preprocessor 'MyPreprocessor'"),
+    (lambda p: p["configurations"]["3d_fullres"].update(resampling_fn_data="evil"), "resampling_fn_data 'evil'"),
+    (lambda p: p.update(image_reader_writer="NibabelIOWithReorient"), "NibabelIOWithReorient"),
+    (lambda p: p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(
+        features_per_stage=[4, 8, 16, 32, 32]),
+     "the weights do not fit the network the plans describe.*trainer 'nnUNetTrainer'"),
+])
+def test_plans_naming_other_code_or_another_network_are_refused(copy, change, message):
+    edit_plans(copy, change)
+    with pytest.raises(ModelFileError, match=message):
+        load_nnunet(copy)
+
+
+def test_incomplete_or_unsupported_folders_say_what_is_wrong(copy, tmp_path):
+    (copy / "fold_0" / "checkpoint_final.pth").rename(copy / "fold_0" / "model.pth")
+    with pytest.raises(ModelFileError, match="neither checkpoint_final.pth nor checkpoint_best.pth"):
+        load_nnunet(copy)
+    (copy / "fold_0" / "model.pth").rename(copy / "fold_0" / "checkpoint_best.pth")
+    assert load_nnunet(copy).checkpoint == "checkpoint_best.pth"
+    dataset = json.loads((copy / "dataset.json").read_text())
+    (copy / "dataset.json").write_text(json.dumps({**dataset, "labels": {"background": 0, "organ": [1, 2]}}))
+    with pytest.raises(ModelFileError, match="regions"):
+        load_nnunet(copy)
+    (copy / "dataset.json").write_text("{not json")
+    with pytest.raises(ModelFileError, match="dataset.json .* not readable JSON"):
+        load_nnunet(copy)
+    assert not is_nnunet_folder(tmp_path / "nothing") and is_nnunet_folder(copy) and is_nnunet_folder(copy / "fold_0")
+
+
+def test_a_network_without_affine_norms_has_nothing_to_adapt(copy, volume_b):
+    edit_plans(copy, lambda p: p["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(
+        norm_op_kwargs={"eps": 1e-5, "affine": False}))
+    config = resolved_configuration(json.loads((copy / "plans.json").read_text()), "3d_fullres")
+    keep = set(build_network(config, 1, 4).state_dict())  # the weights of the network without affine norms
+    edit_checkpoint(copy / "fold_0", lambda c: c.update(network_weights={
+        k: v for k, v in c["network_weights"].items() if k in keep}))
+    model = load_nnunet(copy)
+    assert adaptation_summary(model.network).startswith("nothing: the network has no normalisation layer")
+    with pytest.raises(ConfigurationError, match="no normalisation layer with affine parameters"):
+        segment(copy, volume_b, method="grata", steps=1)
+    _, prediction = segment(copy, volume_b, method="none")
+    assert prediction.labels.shape == sitk.ReadImage(str(volume_b)).GetSize()[::-1]
+
+
+def test_a_picture_is_refused_with_an_nnunet_model(folder, tmp_path):
+    path = tmp_path / "photo.png"
+    sitk.WriteImage(sitk.GetImageFromArray(np.random.default_rng(0).integers(0, 255, (40, 40), np.uint8)), str(path))
+    with pytest.raises(InputError, match="2D image; nnU-Net models segment volumes"):
+        segment(folder, path, method="none")
+
+
+# -- what people see --------------------------------------------------------------------------------
+
+def test_labels_are_named_coded_segments(folder):
+    card = load_nnunet(folder).card
+    assert [(c.name, c.label, c.channel) for c in card.classes] == [("liver", 1, 1), ("spleen", 2, 2),
+                                                                   ("kidney", 3, 3)]
+    assert [c.type.value for c in card.classes] == ["10200004", "78961009", "64033007"]
+    assert {c.category.meaning for c in card.classes} == {"Anatomical Structure"}
+    assert card.output == "softmax" and card.spatial_dims == 3 and card.input_channels == 1
+
+
+def test_info_says_what_the_model_is_and_what_adapts(folder):
+    code, out, err = run_cli(["info", folder])
+    assert code == 0, err
+    for expected in ("nnU-Net Dataset501_GraTaPhantom 3d_fullres", "network: PlainConvUNet", "norm InstanceNorm3d",
+                     "patch: 20 x 80 x 80 voxels at 2.5 x 1.5 x 1.5 mm", "normalisation: CTNormalization",
+                     "classes: liver (label 1), spleen (label 2), kidney (label 3)",
+                     "adapts: the affine parameters of 18 InstanceNorm3d layers", "fold 0: ", "sha256 "):
+        assert expected in out, (expected, out)
+
+
+def test_the_command_line_writes_nnunets_segmentation_in_the_inputs_geometry(folder, volume_b, tmp_path):
+    code, out, err = run_cli(["adapt", volume_b, "-o", tmp_path, "--model", folder, "--steps", "1", "--device", "cpu",
+                              "--events", "--uncertainty"])
+    assert code == 0, err
+    events = parse_events(out)
+    assert [e["event"] for e in events].count("step") == 1
+    result = tmp_path / "centre_b"
+    labelmap = sitk.ReadImage(str(result / "labelmap.nii.gz"))
+    assert_same_geometry(labelmap, sitk.ReadImage(str(volume_b)))
+    seg = sitk.ReadImage(str(result / "segmentation.seg.nrrd"))
+    names = [seg.GetMetaData(f"Segment{k}_Name") for k in range(3)]
+    assert names == ["liver", "spleen", "kidney"]
+    assert "SCT^10200004^Liver" in seg.GetMetaData("Segment0_Tags")
+    uncertainty = sitk.GetArrayFromImage(sitk.ReadImage(str(result / "uncertainty.nii.gz")))
+    assert 0 <= uncertainty.min() and uncertainty.max() <= 1
