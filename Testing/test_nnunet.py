@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def folder(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("nnunet")
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_nnunet_model.py"), str(out), "--cases", "4",
-                           "--iterations", "30", "--scale", "0.5"], capture_output=True, text=True, timeout=600)
+                           "--iterations", "30", "--scale", "0.5"], capture_output=True, text=True, encoding="utf-8", errors="replace",
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return Path(json.loads(done.stdout.strip().splitlines()[-1])["folder"])
 
