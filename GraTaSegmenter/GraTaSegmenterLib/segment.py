@@ -308,20 +308,26 @@ class Segmenter:
         pixels = int(np.prod(feeder.net_size))
         return max(1, min(MAX_BATCH, len(feeder), BATCH_PIXELS // pixels))
 
-    def _plan(self, loaded: imageio.LoadedImage) -> tuple[np.ndarray, int | None]:
-        card = self.card
-        if card.spatial_dims == 3 and loaded.dims == 2:
-            raise InputError(f"{loaded.path.name} is a 2D image but the model is 3D; give a volume or a 2D model")
+    def _usable_channels(self, loaded: imageio.LoadedImage, what: str) -> np.ndarray:
+        """Refuse a non-finite or constant input, bring its channels to the model's, and log what
+        the reader warned about; shared by the built-in path and nnU-Net's."""
         check_finite(loaded.array, loaded.path.name)
         lo, hi = float(loaded.array.min()), float(loaded.array.max())
         if not hi > lo:
             raise InputError(f"{loaded.path.name} is constant (every value is {lo:g}); there is nothing to "
-                             f"segment. Check that the right image was chosen")
-        array = match_channels(loaded, card.input_channels, self.log)
+                             f"segment. Check that the right {what} was chosen")
+        array = match_channels(loaded, self.card.input_channels, self.log)
         if loaded.notes:
             more = len(loaded.notes) - 3
             shown = "; ".join(loaded.notes[:3]) + (f" (and {more} more)" if more > 0 else "")
             self.log(f"{loaded.path.name}: the reader warned: {shown}")
+        return array
+
+    def _plan(self, loaded: imageio.LoadedImage) -> tuple[np.ndarray, int | None]:
+        card = self.card
+        if card.spatial_dims == 3 and loaded.dims == 2:
+            raise InputError(f"{loaded.path.name} is a 2D image but the model is 3D; give a volume or a 2D model")
+        array = self._usable_channels(loaded, "image")
         if loaded.kind == "picture":
             orientation = imageio.exif_orientation(loaded.path)
             if orientation:
@@ -420,14 +426,7 @@ class Segmenter:
         if loaded.dims != 3:
             raise InputError(f"{loaded.path.name} is a 2D image; nnU-Net models segment volumes here (choose a CT "
                              f"or MR volume)")
-        check_finite(loaded.array, loaded.path.name)
-        lo, hi = float(loaded.array.min()), float(loaded.array.max())
-        if not hi > lo:
-            raise InputError(f"{loaded.path.name} is constant (every value is {lo:g}); there is nothing to "
-                             f"segment. Check that the right volume was chosen")
-        array = match_channels(loaded, card.input_channels, self.log)
-        if loaded.notes:
-            self.log(f"{loaded.path.name}: the reader warned: " + "; ".join(loaded.notes[:3]))
+        array = self._usable_channels(loaded, "volume")
         spacing = tuple(reversed(loaded.image.GetSpacing()))
         case = pipeline.prepare(array, spacing)
         pipeline.use_range(case)
