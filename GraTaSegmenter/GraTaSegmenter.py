@@ -18,6 +18,7 @@ import sys
 import tempfile
 from typing import Annotated, Optional, Union
 
+import ctk
 import qt
 import slicer
 import vtk
@@ -29,6 +30,7 @@ from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoada
 from slicer.util import VTKObservationMixin
 
 import GraTaSegmenterMRML as mrml
+from GraTaSegmenterLib import model_folders
 from GraTaSegmenterLib.slicer_support import catalog, dependencies, devices, samples, terminology
 from GraTaSegmenterLib.slicer_support.events import format_seconds
 from GraTaSegmenterLib.slicer_support.parameters import (AUX_LOSSES, DEVICES, MAX_SEED, MAX_STEPS, METHOD_DESCRIPTIONS,
@@ -42,6 +44,7 @@ LIB_DIR = os.path.join(MODULE_DIR, "GraTaSegmenterLib")
 GRATA_URL = "https://github.com/Chen-Ziyang/GraTa"
 SETTINGS_GROUP = "GraTaSegmenter"
 ANY_FILE = "any-file"
+ANY_FOLDER = "any-folder"  # an nnU-Net model folder or a MONAI bundle, chosen as a folder
 
 #
 # Module
@@ -159,6 +162,10 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.modelComboBox.addItem(entry.name, entry.id)
             self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, entry.tooltip(), qt.Qt.ToolTipRole)
         self.ui.modelComboBox.addItem(_("Any model file..."), ANY_FILE)
+        self.ui.modelComboBox.addItem(_("nnU-Net or MONAI model folder..."), ANY_FOLDER)
+        self.ui.modelComboBox.setItemData(self.ui.modelComboBox.count - 1, _(
+            "An nnU-Net v2 trained-model folder (or one of its fold_N folders) or a MONAI bundle folder; it "
+            "segments 3D volumes with its own preprocessing"), qt.Qt.ToolTipRole)
         self.ui.modelLinkLabel.setText(
             _('Reference checkpoints of the GraTa authors are published at <a href="{url}">{url}</a>.').format(
                 url=GRATA_URL))
@@ -256,6 +263,10 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updatingGui = False
         entry = self.logic.entry(p.modelId)
         self.ui.modelPathLineEdit.setEnabled(entry is None or entry.kind == "reference")
+        # a folder model is browsed as a folder (the file dialog cannot choose one)
+        self.ui.modelPathLineEdit.filters = (ctk.ctkPathLineEdit.Dirs | ctk.ctkPathLineEdit.Readable
+                                             if p.modelId == ANY_FOLDER else
+                                             ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable)
         self.ui.modelCardLabel.setText(self.logic.modelCardText(p.modelId, p.modelPath))
         self.ui.uncertaintyVolumeSelector.setEnabled(p.uncertainty)
         self.ui.resetAdaptationButton.setEnabled(p.mode == "continual" and self.logic.continual.active)
@@ -467,7 +478,7 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
                                                                       a.aux_loss, a.pseudo_loss)
         p.mode, p.device, p.seed, p.uncertainty, p.postprocess = a.mode, a.device, a.seed, a.uncertainty, a.postprocess
         modelId = settings.value(f"{SETTINGS_GROUP}/modelId")
-        if modelId and (self.entry(modelId) is not None or modelId == ANY_FILE):
+        if modelId and (self.entry(modelId) is not None or modelId in (ANY_FILE, ANY_FOLDER)):
             p.modelId = modelId
         p.modelPath = settings.value(f"{SETTINGS_GROUP}/modelPath") or ""
 
@@ -476,6 +487,10 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
         return next((e for e in self.catalog if e.id == modelId), None)
 
     def modelCardText(self, modelId, modelPath):
+        if modelId == ANY_FOLDER:
+            return (model_folders.card_text(modelPath) if modelPath else "") or _(
+                "Select an nnU-Net v2 model folder (dataset.json, plans.json, fold_N) or a MONAI bundle folder "
+                "(configs/inference.json, models/model.pt).")
         entry = self.entry(modelId)
         path = modelPath if entry is None or entry.kind == "reference" else None
         if entry is not None and entry.kind == "bundled":
@@ -487,6 +502,11 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
         return text or _("Select a model file (.safetensors with a model card, or a reference .pth checkpoint).")
 
     def resolveModel(self, modelId, modelPath):
+        if modelId == ANY_FOLDER:
+            if not modelPath or model_folders.kind(modelPath) is None:
+                raise ValueError(_("Select an nnU-Net model folder (with dataset.json and plans.json, or one of its "
+                                   "fold_N folders) or a MONAI bundle folder (with configs/inference.json)."))
+            return modelPath
         entry = self.entry(modelId)
         if entry is None:
             if not modelPath or not os.path.isfile(modelPath):

@@ -156,7 +156,9 @@ def test_the_steps_run_on_the_windows_with_most_foreground(folder):
     model = load_nnunet(folder)
     pipeline = NnUNetPipeline(model, torch.device("cpu"), tile_step_size=0.5)
     case = phantom3d.render_case("A", 3, scale=1.0)  # full size: several windows
-    prepared = pipeline.prepare(case.image[None], case.spacing)
+    image = sitk.GetImageFromArray(case.image)
+    image.SetSpacing(tuple(reversed(case.spacing)))
+    prepared = pipeline.prepare(case.image[None], image)
     assert len(prepared.windows) > 2
     pipeline.use_range(prepared)
     windows = pipeline.adaptation_windows(prepared, 2, lambda x: pipeline.module(x))
@@ -302,3 +304,20 @@ def test_the_command_line_writes_nnunets_segmentation_in_the_inputs_geometry(fol
     assert "SCT^10200004^Liver" in seg.GetMetaData("Segment0_Tags")
     uncertainty = sitk.GetArrayFromImage(sitk.ReadImage(str(result / "uncertainty.nii.gz")))
     assert 0 <= uncertainty.min() and uncertainty.max() <= 1
+
+
+def test_the_folder_describes_itself_from_its_json_without_torch(folder):
+    """What the Slicer panel and the web page show before a run (their process may lack torch)."""
+    from GraTaSegmenterLib import model_folders
+
+    assert model_folders.kind(folder) == model_folders.kind(folder / "fold_0") == "nnunet"
+    assert model_folders.kind(folder / "fold_0" / "checkpoint_final.pth") is None
+    text = model_folders.card_text(folder)
+    assert "Segments: liver, spleen, kidney" in text
+    assert "configuration: 3d_fullres" in text and "folds: 0" in text and "trainer: nnUNetTrainer" in text
+    assert "folds: 0" in model_folders.card_text(folder / "fold_0")
+    code = ("import sys; import GraTaSegmenterLib.model_folders as f; f.card_text(sys.argv[1]); "
+            "assert not {'torch', 'monai', 'nnunetv2'} & set(sys.modules), 'imported'")
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
+                          cwd=ROOT / "GraTaSegmenter", timeout=120)
+    assert done.returncode == 0, done.stderr

@@ -329,3 +329,35 @@ def test_continual_mode_carries_the_state_and_reset_forgets_it(runtime, slicer, 
     assert logic.run.progress.plot_cosine[-1] == cosines[0]  # from the source model again
     assert cosines[1] != cosines[0]
     logic.continual.reset()
+
+
+def test_a_monai_bundle_chosen_as_a_folder_segments_a_ct_with_the_bundles_segments(runtime, slicer, tmp_path):
+    """The panel's 'nnU-Net or MONAI model folder...' choice: the card from the folder's JSON, the
+    run on a scalar CT volume, the segments named and coded from the bundle's labels."""
+    from test_monai_bundle import make_bundle
+
+    from GraTaSegmenterLib import phantom3d
+
+    m = runtime.module
+    bundle = str(make_bundle(tmp_path / "bundle"))
+    logic = m.GraTaSegmenterLogic()
+    text = logic.modelCardText(m.ANY_FOLDER, bundle)
+    assert "MONAI bundle tiny abdomen" in text and "Segments: liver, spleen" in text and "UNet" in text
+    assert "Select an nnU-Net" in logic.modelCardText(m.ANY_FOLDER, "")
+    with pytest.raises(ValueError, match="MONAI bundle folder"):
+        logic.resolveModel(m.ANY_FOLDER, str(tmp_path))  # a folder that is no model
+    case = phantom3d.render_case("B", 0, scale=0.5)
+    image = sitk.GetImageFromArray(case.image)
+    image.SetSpacing(tuple(reversed(case.spacing)))
+    sitk.WriteImage(image, str(tmp_path / "ct.nrrd"))
+    ct = slicer.util.loadVolume(str(tmp_path / "ct.nrrd"))
+    assert ct.IsA("vtkMRMLScalarVolumeNode")
+    logic, p = adapt(runtime, ct, logic.resolveModel(m.ANY_FOLDER, bundle), steps=1, method="grata")
+    assert p.resultSegmentation is not None
+    segmentation = p.resultSegmentation.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == ["liver", "spleen"]
+    entry = runtime.vtk.reference("")
+    assert segmentation.GetNthSegment(1).GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), entry)
+    assert "SCT^78961009^Spleen" in str(entry)
+    assert logic.run.progress.plot_steps == [1]

@@ -231,3 +231,39 @@ def test_closing_the_page_releases_its_scene_views_and_server(page):
     assert views.get_views() == []
     assert page.server.name not in core.AVAILABLE_SERVERS
     page.close()  # a second close (the fixture's) does nothing more
+
+
+def test_a_monai_bundle_in_the_data_folder_shows_its_card_and_segments_a_ct(page):
+    """The page's counterpart of the panel's folder model: listed with a trailing '/', its card
+    read from its JSON as soon as it is chosen, a CT segmented with the bundle's segment names."""
+    import SimpleITK as sitk
+
+    from test_monai_bundle import make_bundle
+
+    from GraTaSegmenterLib import phantom3d
+    from GraTaSegmenterLib.slicer_support.process import RunState
+    from GraTaSegmenterWeb import files
+    from GraTaSegmenterWeb.session import MODEL_FILE
+
+    data, state = page.session.data_dir, page.state
+    make_bundle(data / "bundles" / "tiny")
+    (data / "bundles" / "tiny" / "models" / "extra.pt").write_bytes(b"")  # inside a bundle: not listed apart
+    case = phantom3d.render_case("B", 0, scale=0.5)
+    image = sitk.GetImageFromArray(case.image)
+    image.SetSpacing(tuple(reversed(case.spacing)))
+    sitk.WriteImage(image, str(data / "ct.nrrd"))
+    assert files.model_entries(data) == ["bundles/tiny/"]
+    state.grata_data_entries = page.session.data_entries()
+    state.grata_data_choice = "ct.nrrd"
+    page._reported(page.open_data_entry)()
+    assert state.grata_message_type == "success", state.grata_message
+    state.grata_model_id, state.grata_model_file = MODEL_FILE, "bundles/tiny/"
+    page._on_model_chosen(grata_model_id=MODEL_FILE, grata_model_file="bundles/tiny/")
+    assert "MONAI bundle tiny abdomen" in state.grata_model_card and "Segments: liver, spleen" in state.grata_model_card
+    page._on_model_chosen(grata_model_id=MODEL_FILE, grata_model_file="../outside/")
+    assert "outside the data folder" in state.grata_model_card
+    state.grata_p_steps, state.grata_p_method = 1, "grata"
+    page._reported(page.adapt_or_cancel)()
+    assert page.session.wait(timeout=300) is RunState.Done, page.session.log_lines[-3:]
+    page._after_poll()
+    assert [s["name"] for s in state.grata_segments] == ["liver", "spleen"]

@@ -62,8 +62,17 @@ def narrow(plans_file: Path, configuration: str, features: int) -> None:
     plans_file.write_text(json.dumps(plans, indent=4))
 
 
-def random_patch(rng, data, seg, patch):
+def random_patch(rng, data, seg, patch, force_foreground=False):
+    """A patch at a random place, or (``force_foreground``, as nnU-Net's loader does for a third of a
+    batch) centred on a random voxel of a foreground class drawn uniformly among those present, so
+    that small organs are seen as often as large ones."""
     starts = [int(rng.integers(0, max(1, s - p + 1))) for s, p in zip(data.shape[1:], patch)]
+    if force_foreground:
+        classes = [c for c in np.unique(seg) if c > 0]
+        if classes:
+            where = np.argwhere(seg[0] == classes[int(rng.integers(len(classes)))])
+            voxel = where[int(rng.integers(len(where)))]
+            starts = [int(np.clip(v - p // 2, 0, max(0, s - p))) for v, s, p in zip(voxel, data.shape[1:], patch)]
     window = tuple(slice(a, a + p) for a, p in zip(starts, patch))
     d, s = data[(slice(None),) + window], seg[(slice(None),) + window]
     pads = [(0, 0)] + [(0, p - x) for p, x in zip(patch, d.shape[1:])]
@@ -83,6 +92,7 @@ def main(argv=None) -> int:
     ap.add_argument("--configuration", default="3d_fullres", choices=("3d_fullres", "2d"))
     ap.add_argument("--mirror-axes", default=None,
                     help="comma-separated axes the trainer allows at inference (default: the trainer's own)")
+    ap.add_argument("--verbose", action="store_true", help="the mean loss every 50 iterations on stderr")
     args = ap.parse_args(argv)
     root = args.out.resolve()
     os.environ["nnUNet_raw"] = str(root / "nnUNet_raw")
@@ -133,10 +143,13 @@ def main(argv=None) -> int:
     scales = trainer._get_deep_supervision_scales()  # nnU-Net's own: 1, 1/2, 1/4 ... per axis
     losses = []
     for it in range(args.iterations):
-        batch = [random_patch(rng, *cases[int(rng.integers(len(cases)))], patch) for _ in range(args.batch)]
+        # nnU-Net's rule: the last third of every batch (at least one sample) is forced onto foreground
+        forced = [k >= round(args.batch * (1 - 0.33)) for k in range(args.batch)]
         if len(patch) == 2:  # 2D configuration: one slice of each case
-            batch = [(d[:, int(rng.integers(d.shape[1]))], s[:, int(rng.integers(s.shape[1]))]) for d, s in
-                     [random_patch(rng, *cases[int(rng.integers(len(cases)))], [1] + patch) for _ in range(args.batch)]]
+            batch = [(d[:, 0], s[:, 0]) for d, s in
+                     [random_patch(rng, *cases[int(rng.integers(len(cases)))], [1] + patch, f) for f in forced]]
+        else:
+            batch = [random_patch(rng, *cases[int(rng.integers(len(cases)))], patch, f) for f in forced]
         x = torch.from_numpy(np.stack([b[0] for b in batch]))
         y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64)).float()
         targets = [torch.nn.functional.interpolate(y, scale_factor=[float(v) for v in sc], mode="nearest")
@@ -150,6 +163,9 @@ def main(argv=None) -> int:
         optimizer.step()
         losses.append(float(loss.detach()))
         trainer.logger.log("train_losses", np.float64(losses[-1]), it)
+        if args.verbose and (it + 1) % 50 == 0:
+            print(f"iteration {it + 1}: loss {np.mean(losses[-50:]):.4f}, {time.time() - start:.0f} s",
+                  file=sys.stderr, flush=True)
     trainer.current_epoch = args.iterations
     net.eval()
     trainer.save_checkpoint(str(Path(trainer.output_folder) / "checkpoint_final.pth"))

@@ -47,9 +47,17 @@ class _Parser(argparse.ArgumentParser):
 def _cmd_info(args: argparse.Namespace, emit) -> int:
     from .adaptation.norm import adaptation_summary
     from .models import card_summary, default_model_path, file_sha256, load_model
+    from .models.monai_bundle import WEIGHTS, bundle_summary, is_monai_bundle, load_bundle
     from .models.nnunet import is_nnunet_folder, load_nnunet, nnunet_summary
 
     path = Path(args.model) if args.model else default_model_path()
+    if is_monai_bundle(path):
+        bundle = load_bundle(path)
+        print(card_summary(bundle.card))
+        print(bundle_summary(bundle))
+        print(f"adapts: {adaptation_summary(bundle.network)}")
+        print(f"weights: {path / WEIGHTS} sha256 {file_sha256(path / WEIGHTS)}")
+        return 0
     if is_nnunet_folder(path):
         folder = load_nnunet(path)
         print(card_summary(folder.card))
@@ -126,8 +134,8 @@ def _add_adapt(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="2D image (PNG, JPEG, TIFF, BMP), volume (NRRD, NIfTI, MHA/MHD) or DICOM series folder")
     p.add_argument("-o", "--output", required=True, type=_folder, metavar="OUTDIR", help="folder for the results")
-    p.add_argument("--model", help="model file, or an nnU-Net v2 model folder (or one of its fold_N folders); "
-                   "default: the bundled fundus model")
+    p.add_argument("--model", help="model file, an nnU-Net v2 model folder (or one of its fold_N folders) or a "
+                   "MONAI bundle folder; default: the bundled fundus model")
     p.add_argument("--method", default=choices.DEFAULT_METHOD, choices=METHODS,
                    help="adaptation method (default %(default)s; none = the source model as trained)")
     p.add_argument("--steps", type=int, default=choices.DEFAULT_STEPS,
@@ -252,8 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Adapt segmentation networks to new images at test time (GraTa) and segment them.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    info = sub.add_parser("info", help="show what a model is (a model file or an nnU-Net model folder)")
-    info.add_argument("model", nargs="?", help="model file or nnU-Net model folder (default: the bundled model)")
+    info = sub.add_parser("info", help="show what a model is (a model file, an nnU-Net model folder or a MONAI "
+                                             "bundle)")
+    info.add_argument("model", nargs="?", help="model file, nnU-Net model folder or MONAI bundle folder (default: the "
+                                              "bundled model)")
     info.set_defaults(func=_cmd_info, events=False)
     _add_adapt(sub)
     _add_demo(sub)

@@ -107,8 +107,10 @@ class NnUNetPipeline:
         self.module = UnitInterval(model.network, model.card.input_channels, model.card, model.mirror_axes).to(device)
         self.patch = tuple(int(v) for v in self.configuration_manager.patch_size)
 
-    def prepare(self, array: np.ndarray, spacing_zyx: tuple[float, ...]) -> PreparedCase:
-        """nnU-Net's preprocessing of a (C, z, y, x) volume (SimpleITK's voxel order)."""
+    def prepare(self, array: np.ndarray, image) -> PreparedCase:
+        """nnU-Net's preprocessing of a (C, z, y, x) volume (SimpleITK's voxel order) with the spacing of
+        SimpleITK ``image`` (nnU-Net's SimpleITK reader takes nothing else from the geometry)."""
+        spacing_zyx = tuple(reversed(image.GetSpacing()))
         preprocessor = self.configuration_manager.preprocessor_class(verbose=False)
         with contextlib.redirect_stdout(io.StringIO()):
             data, _, properties = preprocessor.run_case_npy(

@@ -251,6 +251,7 @@ class Segmenter:
                  progress: bool = False):
         from .adaptation import make_method
         from .models import default_model_path, load_model
+        from .models.monai_bundle import is_monai_bundle, load_bundle
         from .models.nnunet import is_nnunet_folder, load_nnunet
 
         options.check()
@@ -260,7 +261,8 @@ class Segmenter:
         self._log = log
         self.device, self.device_text = resolve_device(options.device)
         self.model_path = Path(options.model) if options.model else default_model_path()
-        self.pipeline = None  # nnU-Net's own preprocessing and prediction, for an nnU-Net model folder
+        # nnU-Net's or the bundle's own preprocessing and prediction, for an nnU-Net folder or a MONAI bundle
+        self.pipeline = None
         memory_format = "auto"
         if is_nnunet_folder(self.model_path):
             from .nnunet_pipeline import NnUNetPipeline
@@ -274,6 +276,12 @@ class Segmenter:
             self.pipeline = NnUNetPipeline(folder, self.device)
             model = self.pipeline.module
             memory_format = "contiguous"  # nnU-Net's layout, so that --method none is its prediction bit for bit
+        elif is_monai_bundle(self.model_path):
+            from .monai_pipeline import MonaiPipeline
+
+            self.pipeline = MonaiPipeline(load_bundle(self.model_path, self.device), self.device)
+            model = self.pipeline.module
+            memory_format = "contiguous"
         else:
             model = load_model(self.model_path, self.device)
         self.card = model.card
@@ -418,17 +426,19 @@ class Segmenter:
                                              "skipped")}}
 
     def _segment_with_pipeline(self, loaded: imageio.LoadedImage, input_index: int) -> Prediction:
-        """An nnU-Net model: nnU-Net's preprocessing, the steps on its sliding windows, nnU-Net's
-        prediction with the adapted weights (see :mod:`.nnunet_pipeline`)."""
+        """An nnU-Net model or a MONAI bundle: the model's own preprocessing, the steps on its sliding
+        windows, its own prediction with the adapted network (see :mod:`.nnunet_pipeline`,
+        :mod:`.monai_pipeline`)."""
         from tqdm import tqdm
+
+        from .nnunet_pipeline import NnUNetPipeline
 
         opts, card, pipeline = self.options, self.card, self.pipeline
         if loaded.dims != 3:
-            raise InputError(f"{loaded.path.name} is a 2D image; nnU-Net models segment volumes here (choose a CT "
-                             f"or MR volume)")
+            raise InputError(f"{loaded.path.name} is a 2D image; {card.name} segments volumes (choose a CT or MR "
+                             f"volume)")
         array = self._usable_channels(loaded, "volume")
-        spacing = tuple(reversed(loaded.image.GetSpacing()))
-        case = pipeline.prepare(array, spacing)
+        case = pipeline.prepare(array, loaded.image)
         pipeline.use_range(case)
         self.reset_for_input()
         steps = opts.steps_per_input
@@ -448,21 +458,30 @@ class Segmenter:
                 self.emit("step", **record)
                 bar.set_postfix_str(f"cos {rec['cosine']:+.2f}" if rec["cosine"] is not None else "")
                 bar.update(1)
-            weights = pipeline.adapted_weights() if opts.method in GRADIENT_METHODS else list(pipeline.model.fold_weights)
             training = self.model.training
             with self.method._out_of_memory("predicting"):
-                segmentation, probabilities = pipeline.predict(case, weights)
+                if isinstance(pipeline, NnUNetPipeline):  # instance norms: the weights are all that changes
+                    weights = (pipeline.adapted_weights() if opts.method in GRADIENT_METHODS
+                               else list(pipeline.model.fold_weights))
+                    segmentation, probabilities = pipeline.predict(case, weights)
+                elif opts.method == "none":  # the bundle's own network, running statistics and all
+                    segmentation, probabilities = pipeline.predict(case, list(pipeline.model.fold_weights))
+                else:  # batch statistics (bn and the gradient methods) as the method normalises
+                    segmentation, probabilities = pipeline.predict(case, None, forward=self.method.predict)
             self.model.train(training)
             bar.update(1)
         finally:
             bar.close()
         classes = card.classes
-        masks = np.stack([(segmentation == c.label) for c in classes]).astype(np.uint8)
+        if card.output == "sigmoid":  # one mask per channel, overlaps allowed
+            masks = np.stack([segmentation[c.channel] for c in classes]).astype(np.uint8)
+        else:
+            masks = np.stack([(segmentation == c.label) for c in classes]).astype(np.uint8)
         prediction = Prediction(masks=masks, labels=imageio.labels_from_masks(masks, classes), records=records)
         if opts.probabilities:
             prediction.probabilities = np.ascontiguousarray(probabilities[[c.channel for c in classes]])
         if opts.uncertainty:
-            prediction.uncertainty = normalised_entropy(torch.from_numpy(probabilities)[None], "softmax")[0].numpy()
+            prediction.uncertainty = normalised_entropy(torch.from_numpy(probabilities)[None], card.output)[0].numpy()
         return prediction
 
     def _postprocess(self, loaded: imageio.LoadedImage, prediction: Prediction, slice_axis: int | None,

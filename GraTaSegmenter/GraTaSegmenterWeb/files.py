@@ -72,12 +72,24 @@ MODEL_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
 def model_entries(folder: Path | None) -> list[str]:
-    """Model files in ``folder`` (top level and one below), relative to it."""
+    """Model files in ``folder`` (top level and one below), and model folders (nnU-Net model folders,
+    MONAI bundles) up to three levels below, ending in "/", relative to it."""
+    from GraTaSegmenterLib import model_folders
+
     if folder is None or not folder.is_dir():
         return []
-    found = [p for pattern in ("*", "*/*") for p in folder.glob(pattern)
+    found = [p.relative_to(folder).as_posix() for pattern in ("*", "*/*") for p in folder.glob(pattern)
              if p.is_file() and p.name.lower().endswith(MODEL_SUFFIXES) and not p.name.startswith(".")]
-    return sorted(p.relative_to(folder).as_posix() for p in found)[:MAX_LISTED]
+    root_depth = len(folder.parts)
+    for dirpath, dirnames, _files in os.walk(folder, followlinks=False):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        if here != folder and model_folders.kind(here) is not None:
+            found.append(here.relative_to(folder).as_posix() + "/")
+            dirnames[:] = []  # its fold_N folders are the same model, listed by the folder
+        elif len(here.parts) - root_depth >= 3:
+            dirnames[:] = []
+    return sorted(found)[:MAX_LISTED]
 
 
 def plain_name(name: str) -> str:

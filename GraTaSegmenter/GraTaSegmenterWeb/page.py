@@ -94,6 +94,7 @@ class GraTaPage:
         s.grata_model_id = self.session.default_model
         s.grata_model_file = ""
         s.grata_model_entries = files.model_entries(self.session.data_dir)
+        s.grata_model_card = self.session.model_card_text(s.grata_model_id)
         s.grata_data_entries = self.session.data_entries()
         s.grata_has_data = self.session.data_dir is not None
         s.grata_data_choice = None
@@ -115,6 +116,7 @@ class GraTaPage:
         s.grata_confirm_open = False
         s.grata_confirm_text = ""
         s.change("grata_show_uncertainty")(self._on_uncertainty_toggled)
+        s.change("grata_model_id", "grata_model_file")(self._on_model_chosen)
 
     def _say(self, text: str, kind: str = "info") -> None:
         self.state.grata_message, self.state.grata_message_type = text, kind
@@ -182,6 +184,8 @@ class GraTaPage:
             self.upload_model = LoadVolumeButton(name="Upload a model file", load_directory=False,
                                                  icon="mdi-upload", typed_state=self._typed("grata_upload_model"))
             self.upload_model.on_load_volume.connect(self._on_upload_model)
+        html.Div("{{ grata_model_card }}", v_show=("grata_model_card",), id="grata-model-card",
+                 classes="text-caption mt-2", style="white-space: pre-line; line-height: 1.3")
 
     def _settings_section(self) -> None:
         with v3.VExpansionPanels(classes="mt-3", variant="accordion"):
@@ -310,6 +314,13 @@ class GraTaPage:
 
         self._reported(upload)()
         self.state.flush()
+
+    def _on_model_chosen(self, grata_model_id=None, grata_model_file=None, **_):
+        try:
+            chosen = self.session.model_file(grata_model_file) if grata_model_id == MODEL_FILE else None
+            self.state.grata_model_card = self.session.model_card_text(grata_model_id, chosen)
+        except SessionError as exc:
+            self.state.grata_model_card = str(exc)
 
     def _on_upload_model(self, uploads: list[dict]) -> None:
         def upload():

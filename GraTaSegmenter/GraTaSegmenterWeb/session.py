@@ -40,7 +40,7 @@ from vtkmodules.util import numpy_support
 from vtkmodules.vtkCommonCore import reference as vtkReference, vtkStringArray
 
 import slicer
-from GraTaSegmenterLib import imageio
+from GraTaSegmenterLib import imageio, model_folders
 from GraTaSegmenterLib.errors import GraTaError
 from GraTaSegmenterLib.slicer_support import catalog, terminology
 from GraTaSegmenterLib.slicer_support.events import Event
@@ -136,7 +136,8 @@ class WebSession:
     def model_choices(self) -> list[dict]:
         """The catalog's runnable entries (bundled first), then 'a model file'."""
         entries = [{"value": e.id, "title": e.name} for e in self.catalog if e.kind in ("bundled", "download")]
-        return entries + [{"value": MODEL_FILE, "title": "A model file (.safetensors or a reference .pth)"}]
+        return entries + [{"value": MODEL_FILE, "title": "A model file (.safetensors, a reference .pth) or an nnU-Net "
+                                                         "model folder or MONAI bundle in the data folder"}]
 
     @property
     def default_model(self) -> str:
@@ -144,8 +145,9 @@ class WebSession:
 
     def model_path(self, model_id: str, model_file: str | os.PathLike | None = None) -> Path:
         if model_id == MODEL_FILE:
-            if not model_file or not Path(model_file).is_file():
-                raise SessionError("Choose a model file first (upload it, or pick it from the data folder).")
+            if not model_file or not (Path(model_file).is_file() or model_folders.kind(model_file)):
+                raise SessionError("Choose a model file first (upload it, or pick it or a model folder from the data "
+                                   "folder).")
             return Path(model_file)
         entry = next((e for e in self.catalog if e.id == model_id), None)
         if entry is None:
@@ -154,6 +156,23 @@ class WebSession:
             return catalog.resolve_model(entry, bundled_dir=BUNDLED_MODELS, cache=self.cache, user_file=model_file)
         except (catalog.DownloadError, OSError) as exc:
             raise SessionError(f"The model {entry.name} is not available: {exc}") from None
+
+    def model_card_text(self, model_id: str, model_file: str | os.PathLike | None = None) -> str:
+        """What the page shows of the chosen model before a run, read from its files without
+        running them (a model folder's JSON, a model file's card); '' when nothing is chosen."""
+        if model_id == MODEL_FILE:
+            if not model_file:
+                return ""
+            path = Path(model_file)
+            if model_folders.kind(path):
+                return model_folders.card_text(path)
+            card = catalog.read_safetensors_card(path) if path.is_file() else None
+            return catalog.card_text(card) if card else f"{path.name}: checked when the run starts"
+        entry = next((e for e in self.catalog if e.id == model_id), None)
+        if entry is None:
+            return ""
+        card = catalog.read_safetensors_card(BUNDLED_MODELS / entry.file) if entry.kind == "bundled" else None
+        return entry.tooltip() + ("\n\nModel card:\n" + catalog.card_text(card) if card else "")
 
     # -- files -------------------------------------------------------------------------------
     def data_entries(self) -> list[str]:

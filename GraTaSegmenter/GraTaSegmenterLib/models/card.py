@@ -18,7 +18,7 @@ from ..errors import ModelFileError
 
 CARD_FORMAT = 1
 # "nnunet": an nnU-Net v2 model folder (the card is derived from its plans and dataset.json, never stored)
-ARCHITECTURES = ("resunet", "unet", "nnunet")
+ARCHITECTURES = ("resunet", "unet", "nnunet", "monai")
 FILE_ARCHITECTURES = ("resunet", "unet")
 OUTPUTS = ("sigmoid", "softmax")
 # "model": the model's own preprocessing (nnU-Net's plans) does it
@@ -178,8 +178,9 @@ def validate_card(card: ModelCard) -> list[str]:
         problems.append("input_channels must be a positive integer")
     if card.normalisation not in NORMALISATIONS:
         problems.append(f"normalisation {card.normalisation!r} is not one of {NORMALISATIONS}")
-    if (card.normalisation == "model") != (card.architecture == "nnunet"):
-        problems.append("normalisation 'model' (the model's own preprocessing) goes with an nnU-Net model only")
+    if (card.normalisation == "model") != (card.architecture in ("nnunet", "monai")):
+        problems.append("normalisation 'model' (the model's own preprocessing) goes with an nnU-Net model or a "
+                        "MONAI bundle only")
     if card.normalisation == "window" and (card.window is None or len(card.window) != 2
                                            or not card.window[0] < card.window[1]):
         problems.append("normalisation 'window' needs window = (low, high) with low < high")

@@ -102,12 +102,9 @@ class NnUNetModel:
 
 
 def is_nnunet_folder(path: Path) -> bool:
-    path = Path(path)
-    if not path.is_dir():
-        return False
-    if (path / "plans.json").is_file() and (path / "dataset.json").is_file():
-        return True
-    return path.name.startswith("fold_") and (path.parent / "plans.json").is_file()
+    from ..model_folders import NNUNET, kind
+
+    return kind(path) == NNUNET
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
