@@ -1,6 +1,7 @@
 """Tests of the multi-centre fundus phantom (GraTaSegmenterLib.phantom)."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -121,18 +122,26 @@ def test_windowed_masks_equal_full_grid():
             assert np.array_equal(phantom._masks(anatomy, SIZE), full)
 
 
-# Fingerprints of centres A-E (seed 5, 3 images, 128 px) before centres F-H were added:
-# the new centres must not change a single pixel of the old ones (benchmarks stay comparable).
-FINGERPRINTS = {"A": "f4e06f260bf66469", "B": "9d5c3409df871f04", "C": "9ff0ec22a4bb8281",
-                "D": "76802eb211fb2d28", "E": "0c6449b55970f41b"}
+# Centres A-E (seed 5, 2 images, 64 px) as they were rendered before centres F-H were added: the new
+# centres must not change the old ones (benchmarks stay comparable). A byte hash was used first and
+# broke on another CPU of the same kind: numpy's AVX-512 paths round a few float operations (power,
+# exp) one ulp differently, which moves a rare pixel by one grey level. So the test compares with the
+# stored pictures, allowing that and nothing more (another seed differs in >90 % of the pixels).
+# The file was written under numpy 2.3.5 with its AVX-512 paths off, where the earlier hashes of
+# A-E at 128 px (f4e06f26..., 9d5c3409..., 9ff0ec22..., 76802eb2..., 0c6449b5...) were reproduced.
+REFERENCE = Path(__file__).parent / "data" / "phantom_centres_A-E_seed5_64px.npz"
 
 
-@pytest.mark.parametrize("centre", sorted(FINGERPRINTS))
-def test_old_centres_are_bit_identical(centre):
-    import hashlib
-
-    images, masks = render(centre, 3, seed=5, size=128)
-    assert hashlib.sha256(images.tobytes() + masks.tobytes()).hexdigest()[:16] == FINGERPRINTS[centre]
+@pytest.mark.parametrize("centre", list("ABCDE"))
+def test_old_centres_are_unchanged_up_to_float_rounding(centre):
+    with np.load(REFERENCE) as stored:
+        reference_images, reference_masks = stored[f"{centre}_images"], stored[f"{centre}_masks"]
+    images, masks = render(centre, 2, seed=5, size=64)
+    grey = np.round(images.astype(np.float64) * 255).astype(np.int16)
+    difference = np.abs(grey - reference_images)
+    assert difference.max() <= 1, "a pixel moved by more than float rounding can move it"
+    assert np.count_nonzero(difference) <= 0.001 * difference.size
+    assert np.array_equal(masks, reference_masks)
 
 
 def test_local_centres_keep_the_source_colour_but_not_its_local_look():

@@ -22,6 +22,7 @@ REQUIREMENTS = {
     "matplotlib": "matplotlib>=3.7",
     "tqdm": "tqdm>=4.60",
     "packaging": "packaging>=23",
+    "yaml": "pyyaml>=6",  # MONAI bundles with a YAML inference config
 }
 PROTECTED = ("SimpleITK", "numpy", "torch")
 MINIMUM_TORCH = "2.4"  # the lower bound of torch in pyproject.toml (a test keeps the two equal)
