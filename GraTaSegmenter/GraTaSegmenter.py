@@ -141,6 +141,7 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._updatingGui = False
         self._timer = None
+        self._warnedSlow = False  # the slow-run warning of the current run was shown
         self._deviceProbe = None
 
     def setup(self):
@@ -341,6 +342,7 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.saveUserDefaults(p)
             self.ui.logTextEdit.clear()
             self.logic.start(p.inputVolume, modelPath, adaptParameters(p), onLog=self.log)
+            self._warnedSlow = False
             self.ui.progressBar.visible = True
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = self.logic.run.progress.status_text()
@@ -357,6 +359,12 @@ class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.updatePlot(run.progress)
         self.ui.progressBar.value = int(round(100 * run.progress.fraction))
         self.ui.statusLabel.text = run.progress.status_text()
+        warning = run.progress.slow_warning()
+        if warning and any(e.kind == "estimate" for e in events) and not self._warnedSlow:
+            self._warnedSlow = True  # said once per run, in the log and (until the first step) in the status
+            self.log(warning)
+        if warning and run.progress.global_step == 0 and run.state.busy:
+            self.ui.statusLabel.text = warning
         if run.state.busy:
             return
         self._timer.stop()

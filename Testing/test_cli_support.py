@@ -208,3 +208,16 @@ def write_dicom_series(series: Path, slices: int = 4) -> Path:
         writer.SetFileName(str(series / f"slice{k:03d}.dcm"))
         writer.Execute(sl)
     return series
+
+
+# A stand-in engine for the front-ends: the events of a CPU run estimated at 25 minutes, then it waits
+# (to be cancelled). The estimate event is GraTaSegmenterLib.cost's, as segment.py emits it.
+SLOW_ENGINE = """
+import json, sys, time
+def emit(name, **fields):
+    print(json.dumps({"event": name, "time": time.time(), **fields}), flush=True)
+emit("start", version=1, inputs=["in.nrrd"], output_dir="out", model="m", model_name="an nnU-Net model",
+     method="grata", mode="episodic", device="cpu", steps_per_input=10, total_steps=10)
+emit("estimate", input_index=0, input="in.nrrd", seconds=1500.0, forward_seconds=8.7, device="cpu")
+time.sleep(60)
+"""

@@ -321,3 +321,43 @@ def test_the_folder_describes_itself_from_its_json_without_torch(folder):
     done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True,
                           cwd=ROOT / "GraTaSegmenter", timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+# -- how long it will take: the estimate before the work ---------------------------------------------------
+
+def test_the_run_says_how_long_it_will_take_from_one_timed_forward_pass(copy, tmp_path):
+    """One ``estimate`` event per volume, before the first step: a timed forward pass times the
+    passes the run makes (steps at 2 x TRAIN_PASS + views each, the window choice, nnU-Net's
+    prediction over every window and mirror)."""
+    from GraTaSegmenterLib import cost
+    from GraTaSegmenterLib.events import validate
+
+    edit_checkpoint(copy / "fold_0", lambda c: c.update(inference_allowed_mirroring_axes=(1, 2)))
+    case = phantom3d.render_case("C", 2, scale=1.0)  # full size: several windows
+    image = sitk.GetImageFromArray(case.image)
+    image.SetSpacing(tuple(reversed(case.spacing)))
+    path = tmp_path / "c.nii.gz"
+    sitk.WriteImage(image, str(path))
+    events, lines = [], []
+    seg = Segmenter(Options(model=str(copy), device="cpu", method="grata", steps=3),
+                    emit=lambda name, **fields: events.append({"event": name, "time": 0.0, **fields}),
+                    log=lines.append)
+    seg.segment(imageio.read_image(path))
+    assert [e["event"] for e in events][:2] == ["estimate", "step"]
+    estimate = events[0]
+    assert validate(estimate) == [] and estimate["input"] == str(path) and estimate["device"] == "cpu"
+    windows = len(seg.pipeline.predictor._internal_get_sliding_window_slicers(
+        seg.pipeline.prepare(case.image[None], image).padded.shape[1:]))
+    assert windows > 2
+    views = 6  # the flips of W and H and the three in-plane rotations, with the identity
+    passes = 3 * (2 * cost.TRAIN_PASS + views) + windows + windows * 4  # 4 = the mirrors of axes 1 and 2
+    assert estimate["forward_seconds"] > 0
+    assert estimate["seconds"] == pytest.approx(estimate["forward_seconds"] * passes, rel=1e-9)
+    assert any(line.startswith("c.nii.gz: about ") and "3 steps of about 11 passes each" in line
+               and f"prediction {windows * 4} passes" in line for line in lines)
+
+    none = Segmenter(Options(model=str(copy), device="cpu", method="none"), log=lines.append,
+                     emit=lambda name, **fields: events.append({"event": name, **fields}))
+    none.segment(imageio.read_image(path))
+    assert events[-1]["event"] == "estimate"  # no steps, no window choice: the prediction alone
+    assert events[-1]["seconds"] == pytest.approx(events[-1]["forward_seconds"] * windows * 4, rel=1e-9)

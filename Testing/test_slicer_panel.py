@@ -13,6 +13,7 @@ import pytest
 
 from slicer_runtime import MODULE_DIR, TAGS, SlicerRuntime, available
 from slicer_runtime.panel import panel_from_ui
+from test_cli_support import SLOW_ENGINE
 
 pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
@@ -65,6 +66,45 @@ def test_a_failed_run_leaves_the_panel_ready_for_the_next(runtime, tmp_path):
     assert w.logic.run.failure and w.logic.run.failure in w.ui.statusLabel.text
     assert not runtime.qt.QApplication.overrideCursors  # no wait cursor left on
     assert w.logic.workspace is None
+
+
+
+
+def test_a_slow_cpu_run_is_announced_with_its_estimate_before_the_first_step(runtime, tmp_path):
+    """The engine's estimate event (GraTaSegmenterLib.cost) reaches the panel from a real child process:
+    one warning in the log, the status says it until the first step, Cancel ends the run."""
+    m = runtime.module
+    runtime.scene.Clear(0)
+    import slicer
+
+    engine = tmp_path / "slow_engine.py"
+    engine.write_text(SLOW_ENGINE, encoding="utf-8")
+    volume = slicer.util.addVolumeFromArray(__import__("numpy").ones((4, 8, 8), "float32") * 50)
+    w = widget_without_gui(runtime)
+    w.logic.pythonCommand = [sys.executable, str(engine)]
+    w.logic.ensureDependencies = lambda: None
+    w._warnedSlow = False
+    w._parameterNode.inputVolume = volume
+    logged = []
+    w.log = logged.append
+    bad = tmp_path / "m.safetensors"
+    bad.write_bytes(b"not read by the stand-in engine")
+    w.logic.start(volume, str(bad), m.AdaptParameters(steps=10, device="cpu"))
+    end = time.monotonic() + 60
+    while w.logic.run.progress.estimate_seconds is None and time.monotonic() < end:
+        w.onPoll()
+        time.sleep(0.05)
+    w.onPoll()
+    warnings = [line for line in logged if line.startswith("This run will take")]
+    assert warnings == ["This run will take about 25 min on the CPU (no GPU is in use). Cancel stops it and "
+                        "leaves the scene as it was; fewer steps, or a computer with a CUDA GPU, make it faster."]
+    assert w.ui.statusLabel.text == warnings[0]
+    w.logic.cancel(wait=True)
+    while w.logic.run.state.busy and time.monotonic() < end:
+        w.onPoll()
+        time.sleep(0.05)
+    w.onPoll()
+    assert not w.logic.run.state.busy and len([x for x in logged if x.startswith("This run")]) == 1
 
 
 class PyTorchUtilsStandIn(types.ModuleType):

@@ -6,6 +6,7 @@ page does with them, and runs where no chromium is installed."""
 from __future__ import annotations
 
 import shutil
+import sys
 import uuid
 from pathlib import Path
 
@@ -267,3 +268,33 @@ def test_a_monai_bundle_in_the_data_folder_shows_its_card_and_segments_a_ct(page
     assert page.session.wait(timeout=300) is RunState.Done, page.session.log_lines[-3:]
     page._after_poll()
     assert [s["name"] for s in state.grata_segments] == ["liver", "spleen"]
+
+
+def test_a_slow_cpu_run_is_announced_above_the_controls_once(page, tmp_path):
+    """The engine's estimate event from a real child (a stand-in engine that writes the events of
+    a 25-minute CPU run) becomes one warning on the page and one log line; Cancel still ends it."""
+    import time
+
+    from test_cli_support import SLOW_ENGINE
+
+    from GraTaSegmenterLib.slicer_support.process import RunState
+
+    engine = tmp_path / "slow_engine.py"
+    engine.write_text(SLOW_ENGINE, encoding="utf-8")
+    page.session.python = [sys.executable, str(engine)]
+    state = page.state
+    state.grata_data_entries = page.session.data_entries()
+    state.grata_data_choice = "eye.png"
+    page._reported(page.open_data_entry)()
+    page._reported(page.adapt_or_cancel)()
+    end = time.monotonic() + 60
+    while page.session.run.progress.estimate_seconds is None and time.monotonic() < end:
+        page.session.poll()
+        time.sleep(0.05)
+    page._after_poll()
+    page._after_poll()
+    assert state.grata_message_type == "warning"
+    assert state.grata_message.startswith("This run will take about 25 min on the CPU")
+    assert sum(line.startswith("This run will take") for line in page.session.log_lines) == 1
+    page._reported(page.adapt_or_cancel)()  # Cancel
+    assert page.session.wait(timeout=60) is not RunState.Running

@@ -30,6 +30,8 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
              "total_steps": (int,), "cosine": NULLABLE_NUMBER, "lr": NULLABLE_NUMBER,
              "aux_loss": NULLABLE_NUMBER, "pseudo_loss": NULLABLE_NUMBER, "loss": NULLABLE_NUMBER,
              "seconds": NUMBER, "applied": (bool,), "skipped": NULLABLE_STR},
+    "estimate": {"input_index": (int,), "input": (str,), "seconds": NUMBER, "forward_seconds": NUMBER,
+                 "device": (str,)},
     "postprocess": {"input_index": (int,), "input": (str,), "segments": (list,)},
     "output": {"input_index": (int,), "input": (str,), "paths": (dict,)},
     "done": {"outputs": (int,), "seconds": NUMBER},

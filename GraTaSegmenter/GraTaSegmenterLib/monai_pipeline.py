@@ -127,6 +127,10 @@ class MonaiPipeline:
     def use_range(self, case: PreparedCase) -> None:
         self.module.set_range(case.low.to(self.device), case.high.to(self.device))
 
+    def prediction_passes(self, case: PreparedCase) -> int:
+        """Forward passes of the whole-volume prediction: a sliding-window inferer's windows, or one."""
+        return len(case.windows) * len(self.model.fold_weights) if self.roi else len(self.model.fold_weights)
+
     @torch.no_grad()
     def adaptation_windows(self, case: PreparedCase, count: int, forward) -> list[tuple]:
         count = max(0, min(count, MAX_ADAPT_WINDOWS, len(case.windows)))

@@ -152,6 +152,11 @@ class NnUNetPipeline:
         order = sorted(range(len(case.windows)), key=lambda k: (-scores[k], k))
         return [case.windows[k] for k in order[:count]]
 
+    def prediction_passes(self, case: PreparedCase) -> int:
+        """Forward passes of the whole-volume prediction: every window, mirror and fold."""
+        mirrors = 2 ** len(self.predictor.allowed_mirroring_axes or ()) if self.predictor.use_mirroring else 1
+        return len(case.windows) * mirrors * len(self.model.fold_weights)
+
     @torch.no_grad()
     def predict(self, case: PreparedCase, weights: list[dict[str, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
         """nnU-Net's whole-volume prediction with ``weights`` (one dict per fold); returns its

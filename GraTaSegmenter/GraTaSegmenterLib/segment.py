@@ -446,6 +446,7 @@ class Segmenter:
                    disable=not self.progress, leave=False, dynamic_ncols=True)
         records = []
         try:
+            self._announce_cost(loaded, input_index, case, steps)
             windows = pipeline.adaptation_windows(case, steps, self.method.predict) if steps else []
             if steps:
                 self.log(f"{loaded.path.name}: adapting on {_plural(len(windows), 'window')} of "
@@ -483,6 +484,24 @@ class Segmenter:
         if opts.uncertainty:
             prediction.uncertainty = normalised_entropy(torch.from_numpy(probabilities)[None], card.output)[0].numpy()
         return prediction
+
+    def _announce_cost(self, loaded: imageio.LoadedImage, input_index: int, case, steps: int) -> None:
+        """Time one forward pass of a window and say how long the volume will take (:mod:`.cost`)."""
+        from . import cost
+        from .adaptation.views import consistency_views
+
+        pipeline = self.pipeline
+        with self.method._out_of_memory("timing a forward pass"):
+            forward_seconds = cost.timed_forward(self.method.predict, pipeline.window(case, case.windows[0]))
+        context = getattr(self.method, "loss_context", None)
+        views = len(consistency_views(context.spatial_dims, context.view_axes)) if context is not None else 0
+        estimate = cost.Estimate(
+            forward_seconds=forward_seconds, steps=steps, passes_per_step=cost.step_passes(self.options.method, views),
+            selection_passes=len(case.windows) if steps and len(case.windows) > 1 else 0,
+            prediction_passes=pipeline.prediction_passes(case))
+        self.emit("estimate", input_index=input_index, input=str(loaded.path), seconds=estimate.seconds,
+                  forward_seconds=forward_seconds, device=self.device_text)
+        self.log(f"{loaded.path.name}: {estimate.text()} on {self.device_text}")
 
     def _postprocess(self, loaded: imageio.LoadedImage, prediction: Prediction, slice_axis: int | None,
                      input_index: int) -> None:

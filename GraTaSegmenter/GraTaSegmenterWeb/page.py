@@ -76,6 +76,7 @@ class GraTaPage:
         self.session = WebSession(self.app, data_dir=data_dir, python=python)
         self._pending = None  # the action a confirmation dialog will repeat
         self._plot_points = -1
+        self._warned_slow = False  # the slow-run warning of the current run was shown
         self._poller = None
         self._init_state()
         self._build()
@@ -395,6 +396,7 @@ class GraTaPage:
 
     def _reset_run_view(self, status: str) -> None:
         self._plot_points = -1
+        self._warned_slow = False
         self.state.grata_progress, self.state.grata_status = 0, status
         self.state.grata_plot_svg, self.state.grata_plot_points = "", 0
 
@@ -406,6 +408,11 @@ class GraTaPage:
         self.state.grata_busy = run.state.busy
         self.state.grata_progress = round(100 * progress.fraction)
         self.state.grata_status = "Cancelling..." if run.state is RunState.Cancelling else progress.status_text()
+        warning = progress.slow_warning()
+        if warning and run.state.busy and not self._warned_slow:  # once per run, above the controls
+            self._warned_slow = True
+            self._say(warning, "warning")
+            self.session.log(warning)
         if len(progress.plot_steps) != self._plot_points:
             self._plot_points = len(progress.plot_steps)
             self.state.grata_plot_points = self._plot_points

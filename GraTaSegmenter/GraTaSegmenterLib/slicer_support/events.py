@@ -1,7 +1,7 @@
 """The ``--events`` stream of ``GraTaSegmenterLib.cli adapt``, read as it arrives.
 
 The command line writes one JSON object per line on stdout, each with an
-``"event"`` (``start``, ``step``, ``output``, ``done``, ``error``) and a
+``"event"`` (``start``, ``estimate``, ``step``, ``output``, ``done``, ``error``) and a
 ``"time"``. A pipe delivers arbitrary chunks, so :class:`EventParser` keeps
 the unfinished tail of the last line until its newline arrives, and decodes
 UTF-8 incrementally (a multi-byte character may be split between chunks).
@@ -21,8 +21,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..cost import SLOW_SECONDS, format_duration
+
 PROTOCOL_VERSION = 1
-EVENT_KINDS = ("start", "step", "postprocess", "output", "done", "error")
+EVENT_KINDS = ("start", "estimate", "step", "postprocess", "output", "done", "error")
 LOG = "log"
 
 
@@ -128,6 +130,7 @@ class RunProgress:
     error: dict[str, Any] | None = None
     version: int | None = None
     postprocess: list[str] = field(default_factory=list)  # what the card's rules did, one text per segment
+    estimate_seconds: float | None = None  # the engine's estimate for the run, from its first volume
 
     def update(self, event: Event) -> None:
         kind = event.kind
@@ -151,6 +154,11 @@ class RunProgress:
             seconds = _number(event.get("seconds"))
             if seconds is not None and seconds >= 0:
                 self.step_seconds.append(seconds)
+        elif kind == "estimate":
+            seconds = _number(event.get("seconds"))
+            if seconds is not None and self.estimate_seconds is None:
+                # the first volume's estimate, for all of them (the volumes of one run are alike)
+                self.estimate_seconds = seconds * max(1, len(self.inputs))
         elif kind == "postprocess":
             self.postprocess.extend(str(s.get("text", "")) for s in event.get("segments") or []
                                     if isinstance(s, dict))
@@ -193,7 +201,17 @@ class RunProgress:
         left = self.seconds_left()
         if left is not None:
             text += f", {format_seconds(left)} left"
+        elif self.estimate_seconds is not None:
+            text += f", about {format_duration(self.estimate_seconds)} in all (estimated)"
         return text
+
+    def slow_warning(self) -> str | None:
+        """A warning for a run estimated to take minutes on a CPU, with what to do; else None."""
+        if self.estimate_seconds is None or self.estimate_seconds < SLOW_SECONDS or not self.device.startswith("cpu"):
+            return None
+        return (f"This run will take about {format_duration(self.estimate_seconds)} on the CPU (no GPU is in use). "
+                f"Cancel stops it and leaves the scene as it was; fewer steps, or a computer with a CUDA GPU, "
+                f"make it faster.")
 
 
 def format_seconds(seconds: float | None) -> str:

@@ -1,0 +1,65 @@
+"""The run-time estimate and what the front-ends make of it (GraTaSegmenterLib.cost, RunProgress)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from GraTaSegmenterLib import cost
+from GraTaSegmenterLib.slicer_support.events import Event, RunProgress
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_step_costs_the_passes_its_method_makes():
+    assert cost.step_passes("none", 7) == cost.step_passes("bn", 7) == 0
+    assert cost.step_passes("tent", 7) == cost.TRAIN_PASS
+    assert cost.step_passes("grata", 7) == 2 * cost.TRAIN_PASS + 7
+    estimate = cost.Estimate(forward_seconds=0.5, steps=10, passes_per_step=12.4, selection_passes=4,
+                             prediction_passes=32)
+    assert estimate.seconds == pytest.approx(0.5 * (124 + 4 + 32))
+    assert estimate.text() == ("about 80 s (a forward pass of one window takes 0.50 s; 10 steps of about 12 "
+                               "passes each; prediction 32 passes)")
+
+
+@pytest.mark.parametrize("seconds, text", [(0.2, "1 s"), (89.4, "89 s"), (90, "2 min"), (3599, "60 min"),
+                                           (5400, "1 h 30 min"), (7260, "2 h 01 min")])
+def test_durations_are_as_precise_as_an_estimate_deserves(seconds, text):
+    assert cost.format_duration(seconds) == text
+
+
+def progress_after(device: str, seconds: float, inputs=("a.nii.gz", "b.nii.gz")) -> RunProgress:
+    progress = RunProgress()
+    progress.update(Event("start", {"event": "start", "inputs": list(inputs), "device": device, "total_steps": 20,
+                                    "steps_per_input": 10}))
+    progress.update(Event("estimate", {"event": "estimate", "input_index": 0, "input": inputs[0],
+                                       "seconds": seconds, "forward_seconds": 0.5, "device": device}))
+    return progress
+
+
+def test_a_cpu_run_of_minutes_is_announced_with_what_to_do():
+    progress = progress_after("cpu", 150.0)  # 150 s for the first of two volumes: 5 min in all
+    assert progress.estimate_seconds == 300
+    assert progress.status_text() == "Step 0/20, about 5 min in all (estimated)"
+    warning = progress.slow_warning()
+    assert warning.startswith("This run will take about 5 min on the CPU") and "Cancel stops it" in warning
+    # a later volume's estimate does not change the figure; the first step's time takes over
+    progress.update(Event("estimate", {"event": "estimate", "seconds": 10.0}))
+    assert progress.estimate_seconds == 300
+    progress.update(Event("step", {"event": "step", "global_step": 1, "total_steps": 20, "seconds": 12.0}))
+    assert progress.status_text() == "Step 1/20, 3 min 48 s left"
+
+
+@pytest.mark.parametrize("device, seconds", [("cpu", 50.0), ("cuda:0 (NVIDIA H200, 139 GiB)", 600.0)])
+def test_short_runs_and_gpu_runs_are_not_warned_about(device, seconds):
+    assert progress_after(device, seconds).slow_warning() is None
+
+
+def test_the_front_ends_read_the_estimate_without_loading_torch():
+    code = ("import sys; import GraTaSegmenterLib.cost, GraTaSegmenterLib.slicer_support.events, "
+            "GraTaSegmenterLib.slicer_support.process; assert 'torch' not in sys.modules, 'torch imported'")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "GraTaSegmenter", capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
