@@ -186,7 +186,9 @@ class GraTaPage:
                                                  icon="mdi-upload", typed_state=self._typed("grata_upload_model"))
             self.upload_model.on_load_volume.connect(self._on_upload_model)
         html.Div("{{ grata_model_card }}", v_show=("grata_model_card",), id="grata-model-card",
-                 classes="text-caption mt-2", style="white-space: pre-line; line-height: 1.3")
+                 classes="text-caption mt-2 pa-1",  # a card can be long: it scrolls, the controls stay in view
+                 style="white-space: pre-line; line-height: 1.3; max-height: 8.5em; overflow-y: auto; "
+                       "border: 1px solid rgba(255, 255, 255, 0.15); border-radius: 4px")
 
     def _settings_section(self) -> None:
         with v3.VExpansionPanels(classes="mt-3", variant="accordion"):
