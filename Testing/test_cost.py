@@ -63,3 +63,37 @@ def test_the_front_ends_read_the_estimate_without_loading_torch():
             "GraTaSegmenterLib.slicer_support.process; assert 'torch' not in sys.modules, 'torch imported'")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT / "GraTaSegmenter", capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+# -- memory of a step: counted on the meta device, refused before the first step -------------------------
+
+def test_the_activations_kept_for_the_backward_pass_are_counted_without_memory():
+    import torch
+    from torch import nn
+
+    from GraTaSegmenterLib import memory
+
+    net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.InstanceNorm3d(4, affine=True), nn.LeakyReLU())
+    for p in net[0].parameters():
+        p.requires_grad_(False)  # as adaptation leaves them: only the norm's affine parameters learn
+    x = torch.rand(1, 1, 8, 8, 8)
+    one_map = 4 * 8 ** 3 * 4  # a (1, 4, 8, 8, 8) float32 activation
+    saved = memory.saved_activation_bytes(net, x)
+    assert 2 * one_map <= saved <= 4 * one_map  # the norm's input and the activation's, a little more
+    assert memory.saved_activation_bytes(net, torch.rand(1, 1, 16, 16, 16)) == pytest.approx(8 * saved, rel=0.05)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    assert memory.saved_activation_bytes(net, x) == 0  # nothing learns: nothing is kept
+    assert next(net.parameters()).device.type == "cpu"  # the network itself was not moved
+
+
+def test_a_step_that_cannot_fit_is_refused_with_what_to_do():
+    from GraTaSegmenterLib import memory
+    from GraTaSegmenterLib.errors import OutOfMemory
+
+    assert memory.step_bytes("grata", 100 << 20) == 300 << 20 and memory.step_bytes("none", 100 << 20) == 0
+    memory.check_step_fits(300 << 20, 1 << 30, (20, 80, 80), "cpu")
+    memory.check_step_fits(300 << 20, None, (20, 80, 80), "cpu")  # nothing known: nothing refused
+    with pytest.raises(OutOfMemory, match=r"an adaptation step of this model on its 128 x 128 x 128 windows needs "
+                                          r"about 3\.0 GiB of memory and 1\.0 GiB is free on cpu; use --method none"):
+        memory.check_step_fits(3 << 30, 1 << 30, (128, 128, 128), "cpu")

@@ -361,3 +361,25 @@ def test_the_run_says_how_long_it_will_take_from_one_timed_forward_pass(copy, tm
     none.segment(imageio.read_image(path))
     assert events[-1]["event"] == "estimate"  # no steps, no window choice: the prediction alone
     assert events[-1]["seconds"] == pytest.approx(events[-1]["forward_seconds"] * windows * 4, rel=1e-9)
+
+
+def test_steps_that_do_not_fit_in_the_free_memory_are_refused_before_the_first(folder, volume_b, monkeypatch):
+    from GraTaSegmenterLib import memory
+    from GraTaSegmenterLib.errors import OutOfMemory
+
+    before = volume_b.read_bytes()
+    lines = []
+    seg = Segmenter(Options(model=str(folder), device="cpu", method="grata", steps=2), log=lines.append)
+    loaded = imageio.read_image(volume_b)
+    seg.segment(loaded)
+    held = [line for line in lines if line.startswith("an adaptation step holds about ")]
+    assert len(held) == 1 and held[0].endswith("MiB on cpu")
+    monkeypatch.setattr(memory, "device_available_bytes", lambda device: 1 << 20)
+    steps = []
+    seg = Segmenter(Options(model=str(folder), device="cpu", method="grata", steps=2), log=lines.append,
+                    emit=lambda name, **fields: steps.append(name))
+    with pytest.raises(OutOfMemory, match=r"needs about .* GiB of memory and 0\.0 GiB is free on cpu; use --method "
+                                          r"none"):
+        seg.segment(loaded)
+    assert "step" not in steps and volume_b.read_bytes() == before
+    Segmenter(Options(model=str(folder), device="cpu", method="none"), log=lines.append).segment(loaded)  # no steps

@@ -92,3 +92,61 @@ def check_fits(path: Path, classes: int, probabilities: bool, uncertainty: bool,
     raise OutOfMemory(f"{path.name} is {shown}: segmenting it needs about {_gib(need)} of memory and "
                       f"{_gib(available)} is available; downsample it to about {fits} ({scale:.0%} per axis) "
                       f"or less{extra}, close other programs, or use a machine with more memory")
+
+
+# -- an adaptation step of a 3D model: bounded by the network's activations, not by the image --------------
+
+#: a step's peak above the memory in use before it, in multiples of the activations one forward keeps
+#: for the backward pass (the forward's transient outputs, the views, the augmentation, the allocator's
+#: slack on top). Measured by benchmarks/step_memory.py on the phantom nnU-Net model (CPU, fp32):
+#: 119 MiB kept, TENT's step 171-216 MiB above (1.4-1.8x over two runs), GraTa's 344-347 MiB (2.9x).
+STEP_PEAK = {"tent": 2.0, "grata": 3.0}
+
+
+def step_bytes(method: str, saved: int) -> int:
+    """The memory one step of ``method`` takes beyond what is in use, from :func:`saved_activation_bytes`."""
+    return int(saved * STEP_PEAK.get(method, 0.0))
+
+
+def saved_activation_bytes(model, x) -> int:
+    """Bytes autograd keeps for the backward pass of one forward of ``x`` (the parameters that
+    adapt, and only they, require gradients), counted on the meta device: no memory, no compute."""
+    import copy
+
+    import torch
+
+    meta = copy.deepcopy(model).to("meta")
+    kept: list[torch.Tensor] = []  # held so that ids stay unique while counting
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        if id(t) not in seen:
+            seen.add(id(t))
+            kept.append(t)
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
+        meta(torch.empty(x.shape, dtype=x.dtype, device="meta"))
+    return total
+
+
+def device_available_bytes(device) -> int | None:
+    """Free memory of a CUDA device, or the host's for the CPU and other devices."""
+    import torch
+
+    if getattr(device, "type", device) == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    return available_bytes()
+
+
+def check_step_fits(need: int, available: int | None, patch: tuple[int, ...], device_text: str) -> None:
+    """Refuse adaptation steps that cannot fit, before the first one, saying what to do."""
+    if available is None or need <= available:
+        return
+    raise OutOfMemory(f"an adaptation step of this model on its {' x '.join(map(str, patch))} windows needs about "
+                      f"{_gib(need)} of memory and {_gib(available)} is free on {device_text}; use --method none "
+                      f"(no steps: the model's own prediction), --precision bf16 where the device has it, close "
+                      f"other programs, or use a device with more memory")

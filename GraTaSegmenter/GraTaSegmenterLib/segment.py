@@ -491,6 +491,8 @@ class Segmenter:
         from .adaptation.views import consistency_views
 
         pipeline = self.pipeline
+        if steps and self.options.method in GRADIENT_METHODS:
+            self._check_step_fits(case)
         with self.method._out_of_memory("timing a forward pass"):
             forward_seconds = cost.timed_forward(self.method.predict, pipeline.window(case, case.windows[0]))
         context = getattr(self.method, "loss_context", None)
@@ -502,6 +504,19 @@ class Segmenter:
         self.emit("estimate", input_index=input_index, input=str(loaded.path), seconds=estimate.seconds,
                   forward_seconds=forward_seconds, device=self.device_text)
         self.log(f"{loaded.path.name}: {estimate.text()} on {self.device_text}")
+
+    def _check_step_fits(self, case) -> None:
+        """Refuse steps whose memory (counted on the meta device, :mod:`.memory`) is not free now,
+        before the first one, instead of running out of memory in it."""
+        window = self.pipeline.window(case, case.windows[0])
+        try:
+            saved = memory.saved_activation_bytes(self.method.model, window)
+        except Exception:  # noqa: BLE001 - an operation without a meta kernel: the step's own check speaks
+            return
+        need = memory.step_bytes(self.options.method, saved)
+        memory.check_step_fits(need, memory.device_available_bytes(self.device), self.pipeline.patch,
+                               self.device_text)
+        self.log(f"an adaptation step holds about {need / (1 << 20):.0f} MiB on {self.device_text}")
 
     def _postprocess(self, loaded: imageio.LoadedImage, prediction: Prediction, slice_axis: int | None,
                      input_index: int) -> None:
