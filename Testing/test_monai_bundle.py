@@ -61,7 +61,9 @@ METADATA = {"version": "0.1.0", "name": "tiny abdomen", "description": "a tiny t
                                                                          "2": "spleen"}}}}}
 
 
-def make_bundle(root: Path, inference=None, weights=True, seed=0) -> Path:
+def make_bundle(root: Path, inference=None, weights=True, seed=0, network=None) -> Path:
+    """A bundle folder; its weights are those of ``network`` (default NETWORK), whatever the config says
+    (the refusal tests tamper with the config, not with the weights)."""
     import monai.networks.nets as nets
 
     (root / "configs").mkdir(parents=True)
@@ -70,7 +72,7 @@ def make_bundle(root: Path, inference=None, weights=True, seed=0) -> Path:
     (root / "configs" / "metadata.json").write_text(json.dumps(METADATA))
     if weights:
         torch.manual_seed(seed)
-        net = nets.UNet(**{k: v for k, v in NETWORK.items() if k != "_target_"})
+        net = nets.UNet(**{k: v for k, v in (network or NETWORK).items() if k != "_target_"})
         with torch.no_grad():  # running statistics that are not the identity, as a trained net has
             for m in net.modules():
                 if isinstance(m, torch.nn.BatchNorm3d):
@@ -247,6 +249,48 @@ def test_method_none_is_the_bundles_own_prediction(bundle, volume):
     assert agree > 0.999, agree
     assert len(np.unique(reference)) > 1  # not a trivial comparison
     assert prediction.probabilities.shape == (2,) + reference.shape
+
+
+def sigmoid_bundle(root: Path) -> Path:
+    """The tiny bundle with one sigmoid channel per organ (no background channel), as multi-label
+    bundles have it: masks may overlap, each is its channel above 0.5."""
+    import copy
+
+    inference = copy.deepcopy(INFERENCE)
+    inference["network_def"]["out_channels"] = 2
+    inference["postprocessing"]["transforms"][0] = {"_target_": "Activationsd", "keys": "pred", "sigmoid": True}
+    inference["postprocessing"]["transforms"][2] = {"_target_": "AsDiscreted", "keys": "pred", "threshold": 0.5}
+    make_bundle(root, inference=inference, seed=1, network=inference["network_def"])  # liver ~39 % of the voxels, spleen a few
+    metadata = copy.deepcopy(METADATA)
+    metadata["network_data_format"]["outputs"]["pred"] = {"num_channels": 2, "channel_def": {"0": "liver",
+                                                                                           "1": "spleen"}}
+    (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
+    return root
+
+
+def test_a_sigmoid_bundle_gives_one_mask_per_channel_as_monai_thresholds_them(tmp_path, volume):
+    from monai.bundle import ConfigParser
+
+    root = sigmoid_bundle(tmp_path / "sigmoid_bundle")
+    seg, prediction = segment(root, volume, method="none", steps=0)
+    assert [(c.name, c.channel, c.label) for c in seg.card.classes] == [("liver", 0, 1), ("spleen", 1, 2)]
+    assert seg.card.output == "sigmoid"
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "inference.json"))
+    net = parser.get_parsed_content("network")
+    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
+    net.eval()
+    data = parser.get_parsed_content("preprocessing")({"image": str(volume)})
+    with torch.no_grad():
+        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], net)[0]
+    reference = np.transpose(np.asarray(parser.get_parsed_content("postprocessing")(data)["pred"]), (0, 3, 2, 1))
+    assert prediction.masks.shape == reference.shape
+    for channel in range(2):
+        assert 0 < reference[channel].mean() < 1  # not a trivial comparison
+        assert float((prediction.masks[channel] == reference[channel]).mean()) > 0.999
+    _, adapted = segment(root, volume, method="grata", steps=1, lr=1e-2)
+    assert len(adapted.records) == 1 and adapted.records[0]["cosine"] is not None
+    assert adapted.masks.shape == prediction.masks.shape and set(np.unique(adapted.masks)) <= {0, 1}
 
 
 def test_the_gradient_methods_adapt_only_norm_affine_parameters_and_predict_with_them(bundle, volume):
