@@ -34,7 +34,7 @@ from GraTaSegmenterLib import model_folders
 from GraTaSegmenterLib.slicer_support import catalog, dependencies, devices, samples, terminology
 from GraTaSegmenterLib.slicer_support.events import format_seconds
 from GraTaSegmenterLib.slicer_support.parameters import (AUX_LOSSES, DEVICES, MAX_SEED, MAX_STEPS, METHOD_DESCRIPTIONS,
-                                                           METHODS, MODES, PSEUDO_LOSSES, AdaptParameters,
+                                                           METHODS, MODES, PRECISIONS, PSEUDO_LOSSES, AdaptParameters,
                                                            adapt_command, engine_environment)
 from GraTaSegmenterLib.slicer_support.process import AdaptRun, RunState
 from GraTaSegmenterLib.slicer_support.workspace import ContinualState, RunWorkspace
@@ -109,6 +109,7 @@ class GraTaSegmenterParameterNode:
     pseudoLoss: Annotated[str, Choice(list(PSEUDO_LOSSES))] = DEFAULTS.pseudo_loss
     mode: Annotated[str, Choice(list(MODES))] = DEFAULTS.mode
     device: Annotated[str, Choice(list(DEVICES))] = DEFAULTS.device
+    precision: Annotated[str, Choice(list(PRECISIONS))] = DEFAULTS.precision
     seed: Annotated[int, WithinRange(0, MAX_SEED)] = DEFAULTS.seed
     uncertainty: bool = DEFAULTS.uncertainty
     postprocess: bool = DEFAULTS.postprocess
@@ -120,7 +121,7 @@ class GraTaSegmenterParameterNode:
 def adaptParameters(p) -> AdaptParameters:
     return AdaptParameters(method=p.method, steps=int(p.steps), learning_rate=float(p.learningRate),
                            aux_loss=p.auxLoss, pseudo_loss=p.pseudoLoss, mode=p.mode, device=p.device,
-                           seed=int(p.seed), uncertainty=bool(p.uncertainty), postprocess=bool(p.postprocess))
+                           precision=p.precision, seed=int(p.seed), uncertainty=bool(p.uncertainty), postprocess=bool(p.postprocess))
 
 
 #
@@ -131,7 +132,7 @@ def adaptParameters(p) -> AdaptParameters:
 class GraTaSegmenterWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     COMBOS = (("methodComboBox", "method", METHODS), ("auxLossComboBox", "auxLoss", AUX_LOSSES),
               ("pseudoLossComboBox", "pseudoLoss", PSEUDO_LOSSES), ("modeComboBox", "mode", MODES),
-              ("deviceComboBox", "device", DEVICES))
+              ("deviceComboBox", "device", DEVICES), ("precisionComboBox", "precision", PRECISIONS))
 
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -485,6 +486,7 @@ class GraTaSegmenterLogic(ScriptedLoadableModuleLogic):
         p.method, p.steps, p.learningRate, p.auxLoss, p.pseudoLoss = (a.method, a.steps, a.learning_rate,
                                                                       a.aux_loss, a.pseudo_loss)
         p.mode, p.device, p.seed, p.uncertainty, p.postprocess = a.mode, a.device, a.seed, a.uncertainty, a.postprocess
+        p.precision = a.precision
         modelId = settings.value(f"{SETTINGS_GROUP}/modelId")
         if modelId and (self.entry(modelId) is not None or modelId in (ANY_FILE, ANY_FOLDER)):
             p.modelId = modelId

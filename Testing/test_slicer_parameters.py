@@ -44,8 +44,10 @@ def test_every_invalid_value_is_reported_in_words(change, word):
 
 def test_settings_round_trip_and_bad_settings_fall_back_to_defaults():
     p = AdaptParameters(method="tent", steps=3, learning_rate=5e-4, mode="continual", device="cpu", seed=7,
-                        uncertainty=True)
+                        uncertainty=True, precision="bf16")
     assert AdaptParameters.from_settings(p.to_settings()) == p
+    assert AdaptParameters.from_settings({"precision": "fp8"}).precision == "fp32"
+    assert any("precision must be one of fp32, bf16" in x for x in AdaptParameters(precision="fp16").problems())
     broken = {"steps": "many", "learning_rate": "-1", "method": "magic", "uncertainty": "true", "seed": "3"}
     q = AdaptParameters.from_settings(broken)
     assert (q.steps, q.learning_rate, q.method, q.uncertainty, q.seed) == (10, 1e-4, "grata", True, 3)
@@ -53,7 +55,7 @@ def test_settings_round_trip_and_bad_settings_fall_back_to_defaults():
 
 
 def test_command_has_every_option_of_the_contract(tmp_path):
-    p = AdaptParameters(steps=3, device="cpu", seed=1, mode="continual", uncertainty=True)
+    p = AdaptParameters(steps=3, device="cpu", seed=1, mode="continual", uncertainty=True, precision="bf16")
     cmd = adapt_command(["/bin/PythonSlicer"], tmp_path / "in.nrrd", tmp_path / "out", tmp_path / "m.safetensors", p,
                         save_state=tmp_path / "s1.pt", load_state=tmp_path / "s0.pt")
     assert cmd[:5] == ["/bin/PythonSlicer", "-m", "GraTaSegmenterLib.cli", "adapt", str(tmp_path / "in.nrrd")]
@@ -61,7 +63,7 @@ def test_command_has_every_option_of_the_contract(tmp_path):
     assert opts["-o"] == str(tmp_path / "out") and opts["--model"] == str(tmp_path / "m.safetensors")
     assert (opts["--method"], opts["--steps"], opts["--lr"]) == ("grata", "3", "0.0001")
     assert (opts["--aux-loss"], opts["--pseudo-loss"], opts["--mode"]) == ("ent", "consis", "continual")
-    assert (opts["--device"], opts["--seed"]) == ("cpu", "1")
+    assert (opts["--device"], opts["--seed"], opts["--precision"]) == ("cpu", "1", "bf16")
     assert opts["--save-state"] == str(tmp_path / "s1.pt") and opts["--load-state"] == str(tmp_path / "s0.pt")
     assert {"--uncertainty", "--events", "--overwrite"} <= set(cmd)
 

@@ -112,9 +112,59 @@ def table(results: list[dict], centres: str, mode: str) -> str:
     return "\n".join(lines)
 
 
+def plot(results_path: Path, out: Path) -> None:
+    """Two figures from results.json: mean Dice per centre and method (both protocols), and the
+    cosine of the two gradients and GraTa's learning rate per step of the continual runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads(results_path.read_text())
+    results = data["results"]
+    centres = sorted({r["centre"] for r in results})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6), sharey=True)
+    for ax, mode in zip(axes, ("continual", "episodic")):
+        rows = [r for r in results if r["mode"] == mode or (mode == "episodic" and r["method"] == "none")]
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        width = 0.8 / max(1, len(methods))
+        for k, method in enumerate(methods):
+            means = []
+            for centre in centres:
+                r = next((r for r in rows if r["centre"] == centre and r["method"] == method), None)
+                means.append(summary(r["images"])["mean_dice"][0] if r else float("nan"))
+            ax.bar(np.arange(len(centres)) + (k - (len(methods) - 1) / 2) * width, means, width, label=method)
+        steps = next((r["steps"] for r in rows if r["method"] != "none"), 0)
+        ax.set_title(f"{mode} ({steps} step{'s' if steps != 1 else ''} per volume)", fontsize=9)
+        ax.set_xticks(range(len(centres)), centres)
+        ax.set_xlabel("centre (A: source)")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].set_ylabel("mean Dice over liver, spleen, kidney (%)")
+    axes[1].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(out / "dice_per_centre.png", dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(2, 1, figsize=(8, 4.4), sharex=True)
+    for r in (r for r in results if r["mode"] == "continual" and r["method"] == "grata"):
+        steps = range(1, len(r["records"]) + 1)
+        axes[0].plot(steps, [np.nan if x["cosine"] is None else x["cosine"] for x in r["records"]], "o-",
+                     label=r["centre"])
+        axes[1].plot(steps, [x["lr"] for x in r["records"]], "o-", label=r["centre"])
+    axes[0].axhline(0, color="0.5", lw=0.8)
+    axes[0].set_ylabel("cos(g_aux, g_pse)")
+    axes[1].axhline(data["lr"], color="0.5", lw=0.8, ls="--")
+    axes[1].set_ylabel("GraTa's learning rate")
+    axes[1].set_xlabel("volume (one step each, continual)")
+    axes[0].legend(fontsize=7, ncol=5)
+    fig.tight_layout()
+    fig.savefig(out / "cosine_lr_traces.png", dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", required=True, help="nnU-Net model folder (one fold) trained on centre A")
+    ap.add_argument("--model", help="nnU-Net model folder (one fold) trained on centre A")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--centres", default="ABCDE")
     ap.add_argument("--cases", type=int, default=8)
@@ -123,7 +173,14 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=METHODS, choices=sorted(METHOD_OPTIONS))
     ap.add_argument("--episodic-steps", type=int, default=0, help="also run the episodic protocol with this many steps")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plot", type=Path, help="only draw the figures of this results.json into --out")
     args = ap.parse_args(argv)
+    if args.plot:
+        args.out.mkdir(parents=True, exist_ok=True)
+        plot(args.plot, args.out)
+        return 0
+    if not args.model:
+        ap.error("--model is required (unless --plot)")
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -159,7 +216,8 @@ def main(argv=None) -> int:
         text += ["", f"## Episodic ({args.episodic_steps} steps per volume, reset per volume)", "",
                  table(results, args.centres, "episodic")]
     (args.out / "table.md").write_text("\n".join(text) + "\n")
-    print(f"wrote {args.out / 'table.md'}")
+    plot(args.out / "results.json", args.out)
+    print(f"wrote {args.out / 'table.md'} and the figures")
     return 0
 
 

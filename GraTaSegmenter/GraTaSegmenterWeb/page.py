@@ -48,6 +48,7 @@ from .session import MODEL_FILE, NeedsConfirmation, SessionError, WebSession, re
 POLL_SECONDS = 0.2
 LABELS = {"method": "Method", "steps": "Steps per image", "learning_rate": "Learning rate",
           "aux_loss": "Auxiliary loss", "pseudo_loss": "Pseudo loss", "mode": "Mode", "device": "Device",
+          "precision": "Precision",
           "seed": "Seed", "uncertainty": "Uncertainty map", "postprocess": "Anatomical post-processing"}
 PICTURE_LAYOUT, VOLUME_LAYOUT = "picture", "volume"
 
