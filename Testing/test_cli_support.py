@@ -221,3 +221,16 @@ emit("start", version=1, inputs=["in.nrrd"], output_dir="out", model="m", model_
 emit("estimate", input_index=0, input="in.nrrd", seconds=1500.0, forward_seconds=8.7, device="cpu")
 time.sleep(60)
 """
+
+
+class Canary:
+    """Unpickling this runs a shell command that creates ``path``: the side effect a model file
+    carrying code would have (the loaders must refuse it without it happening)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.path}",))

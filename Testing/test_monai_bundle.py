@@ -26,7 +26,7 @@ from GraTaSegmenterLib.errors import ModelFileError
 from GraTaSegmenterLib.models.monai_bundle import is_monai_bundle, load_bundle
 from GraTaSegmenterLib.monai_pipeline import consistency_axes
 from GraTaSegmenterLib.segment import Options, Segmenter
-from test_cli_support import OBLIQUE_3D, assert_same_geometry, parse_events, run_cli, set_geometry
+from test_cli_support import OBLIQUE_3D, Canary, assert_same_geometry, parse_events, run_cli, set_geometry
 
 NETWORK = {"_target_": "UNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 3, "channels": [4, 8, 16],
            "strides": [2, 2], "num_res_units": 1, "norm": "batch"}
@@ -100,7 +100,8 @@ def volume(tmp_path_factory) -> Path:
 
 
 def monai_reference(bundle: Path, volume: Path):
-    """The bundle run by MONAI itself (ConfigParser evaluating it; fine for our own trusted bundle)."""
+    """The bundle run by MONAI itself (ConfigParser evaluating it; fine for our own trusted bundle):
+    its postprocessed output, channels first, in SimpleITK's (z, y, x) voxel order."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
@@ -112,8 +113,7 @@ def monai_reference(bundle: Path, volume: Path):
     with torch.no_grad():
         data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], net)[0]
     out = parser.get_parsed_content("postprocessing")(data)["pred"]
-    labels = np.transpose(np.asarray(out[0]), (2, 1, 0))  # (x, y, z) -> SimpleITK's (z, y, x)
-    return labels
+    return np.transpose(np.asarray(out), (0, 3, 2, 1))  # (C, x, y, z) -> (C, z, y, x)
 
 
 def segment(model: Path, volume: Path, **kwargs):
@@ -188,19 +188,11 @@ def test_monai_itself_would_have_run_the_canary(tmp_path):
     assert canary.exists()
 
 
-class _Canary:
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
-
-
 def test_weights_carrying_code_and_torchscript_are_refused(tmp_path, bundle, volume):
     canary = tmp_path / "canary"
     pickled = make_bundle(tmp_path / "pickled", weights=False)
     with open(pickled / "models" / "model.pt", "wb") as f:
-        pickle.dump({"conv.weight": _Canary(canary)}, f)
+        pickle.dump({"conv.weight": Canary(canary)}, f)
     with pytest.raises(ModelFileError, match="could run code"):
         load_bundle(pickled)
     code, out, err = run_cli(["adapt", volume, "-o", tmp_path / "out", "--model", pickled, "--device", "cpu"])
@@ -240,7 +232,7 @@ def test_yaml_configs_are_read_with_the_safe_loader(tmp_path, bundle):
 # -- predicting as the bundle does -----------------------------------------------------------------
 
 def test_method_none_is_the_bundles_own_prediction(bundle, volume):
-    reference = monai_reference(bundle, volume)
+    reference = monai_reference(bundle, volume)[0]  # the argmax labels
     seg, prediction = segment(bundle, volume, method="none", steps=0, probabilities=True)
     assert prediction.labels.shape == reference.shape == sitk.GetArrayFromImage(sitk.ReadImage(str(volume))).shape
     # MONAI reads the NIfTI with nibabel, we with SimpleITK: the affines agree to float precision, so a
@@ -269,21 +261,11 @@ def sigmoid_bundle(root: Path) -> Path:
 
 
 def test_a_sigmoid_bundle_gives_one_mask_per_channel_as_monai_thresholds_them(tmp_path, volume):
-    from monai.bundle import ConfigParser
-
     root = sigmoid_bundle(tmp_path / "sigmoid_bundle")
     seg, prediction = segment(root, volume, method="none", steps=0)
     assert [(c.name, c.channel, c.label) for c in seg.card.classes] == [("liver", 0, 1), ("spleen", 1, 2)]
     assert seg.card.output == "sigmoid"
-    parser = ConfigParser()
-    parser.read_config(str(root / "configs" / "inference.json"))
-    net = parser.get_parsed_content("network")
-    net.load_state_dict(torch.load(root / "models" / "model.pt", weights_only=True))
-    net.eval()
-    data = parser.get_parsed_content("preprocessing")({"image": str(volume)})
-    with torch.no_grad():
-        data["pred"] = parser.get_parsed_content("inferer")(data["image"][None], net)[0]
-    reference = np.transpose(np.asarray(parser.get_parsed_content("postprocessing")(data)["pred"]), (0, 3, 2, 1))
+    reference = monai_reference(root, volume)
     assert prediction.masks.shape == reference.shape
     for channel in range(2):
         assert 0 < reference[channel].mean() < 1  # not a trivial comparison

@@ -9,7 +9,6 @@ loading that folder by itself.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import subprocess
@@ -27,7 +26,7 @@ from GraTaSegmenterLib.adaptation.views import consistency_views
 from GraTaSegmenterLib.errors import ConfigurationError, InputError, ModelFileError
 from GraTaSegmenterLib.models.nnunet import build_network, is_nnunet_folder, load_nnunet, resolved_configuration
 from GraTaSegmenterLib.segment import Options, Segmenter
-from test_cli_support import OBLIQUE_3D, assert_same_geometry, parse_events, run_cli, set_geometry
+from test_cli_support import OBLIQUE_3D, Canary, assert_same_geometry, parse_events, run_cli, set_geometry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -187,17 +186,9 @@ def test_consistency_views_follow_the_checkpoints_mirroring_axes(copy, volume_b)
 
 # -- loading: nothing from the folder runs --------------------------------------------------------------
 
-class _Canary:
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
-
-
 def test_a_checkpoint_carrying_code_is_refused_without_running_it(copy, tmp_path, volume_b):
     canary = tmp_path / "canary"
-    edit_checkpoint(copy / "fold_0", lambda c: c.update(logging=_Canary(canary)))
+    edit_checkpoint(copy / "fold_0", lambda c: c.update(logging=Canary(canary)))
     with pytest.raises(ModelFileError, match="could run code"):
         load_nnunet(copy)
     code, out, err = run_cli(["info", copy])
@@ -207,7 +198,7 @@ def test_a_checkpoint_carrying_code_is_refused_without_running_it(copy, tmp_path
     assert not canary.exists()
     assert not (tmp_path / "out" / "centre_b").exists()
     # the same pickle does run when loaded the unsafe way, so the canary would have told
-    pickle.loads(pickle.dumps(_Canary(canary)))
+    pickle.loads(pickle.dumps(Canary(canary)))
     assert canary.exists()
 
 

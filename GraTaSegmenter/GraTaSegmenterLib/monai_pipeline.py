@@ -23,7 +23,7 @@ import torch
 
 from .errors import InputError
 from .models.monai_bundle import MonaiBundle
-from .nnunet_pipeline import MAX_ADAPT_WINDOWS, PreparedCase, UnitInterval
+from .nnunet_pipeline import MAX_ADAPT_WINDOWS, PreparedCase, UnitInterval, WindowedPipeline
 
 _LATERAL = ("left", "right")
 
@@ -57,7 +57,7 @@ def consistency_axes(bundle: MonaiBundle) -> tuple[int, ...] | None:
     return ()
 
 
-class MonaiPipeline:
+class MonaiPipeline(WindowedPipeline):
     """The bundle's preprocessing, inferer and inversion around the engine's adaptation steps."""
 
     def __init__(self, bundle: MonaiBundle, device: torch.device):
@@ -117,15 +117,6 @@ class MonaiPipeline:
         # the inferer's own window placement (sliding_window_inference computes it so)
         interval = _get_scan_interval(shape, roi, len(roi), ensure_tuple_rep(self.overlap, len(roi)))
         return [(slice(None),) + tuple(s) for s in dense_patch_slices(shape, roi, interval)]
-
-    def window(self, case: PreparedCase, slicer: tuple) -> torch.Tensor:
-        x = case.padded[slicer][None].float()
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        low, high = case.low.view(shape), case.high.view(shape)
-        return ((x - low) / torch.clamp(high - low, min=1e-6)).clamp_(0.0, 1.0)
-
-    def use_range(self, case: PreparedCase) -> None:
-        self.module.set_range(case.low.to(self.device), case.high.to(self.device))
 
     def prediction_passes(self, case: PreparedCase) -> int:
         """Forward passes of the whole-volume prediction: a sliding-window inferer's windows, or one."""

@@ -87,7 +87,22 @@ class PreparedCase:
     high: torch.Tensor
 
 
-class NnUNetPipeline:
+class WindowedPipeline:
+    """What the nnU-Net and MONAI pipelines share: a window of a prepared case in [0, 1], and the
+    range the model's :class:`UnitInterval` scales it back with (``self.module``, ``self.device``)."""
+
+    def window(self, case: PreparedCase, slicer: tuple) -> torch.Tensor:
+        """One sliding window as a (1, C, *patch) batch in [0, 1]."""
+        x = case.padded[slicer][None].float()
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        low, high = case.low.view(shape), case.high.view(shape)
+        return ((x - low) / torch.clamp(high - low, min=1e-6)).clamp_(0.0, 1.0)
+
+    def use_range(self, case: PreparedCase) -> None:
+        self.module.set_range(case.low.to(self.device), case.high.to(self.device))
+
+
+class NnUNetPipeline(WindowedPipeline):
     """nnU-Net's preprocessing and prediction around the engine's adaptation steps."""
 
     def __init__(self, model: NnUNetModel, device: torch.device, tile_step_size: float = 0.5,
@@ -125,16 +140,6 @@ class NnUNetPipeline:
         flat = padded.reshape(padded.shape[0], -1)
         return PreparedCase(data=data, padded=padded, properties=properties, windows=windows,
                             low=flat.min(1).values.float(), high=flat.max(1).values.float())
-
-    def window(self, case: PreparedCase, slicer: tuple) -> torch.Tensor:
-        """One sliding window as a (1, C, *patch) batch in [0, 1]."""
-        x = case.padded[slicer][None].float()
-        shape = (1, -1) + (1,) * (x.ndim - 2)
-        low, high = case.low.view(shape), case.high.view(shape)
-        return ((x - low) / torch.clamp(high - low, min=1e-6)).clamp_(0.0, 1.0)
-
-    def use_range(self, case: PreparedCase) -> None:
-        self.module.set_range(case.low.to(self.device), case.high.to(self.device))
 
     @torch.no_grad()
     def adaptation_windows(self, case: PreparedCase, count: int, forward) -> list[tuple]:

@@ -491,10 +491,11 @@ class Segmenter:
         from .adaptation.views import consistency_views
 
         pipeline = self.pipeline
+        first = pipeline.window(case, case.windows[0])
         if steps and self.options.method in GRADIENT_METHODS:
-            self._check_step_fits(case)
+            self._check_step_fits(first)
         with self.method._out_of_memory("timing a forward pass"):
-            forward_seconds = cost.timed_forward(self.method.predict, pipeline.window(case, case.windows[0]))
+            forward_seconds = cost.timed_forward(self.method.predict, first)
         context = getattr(self.method, "loss_context", None)
         views = len(consistency_views(context.spatial_dims, context.view_axes)) if context is not None else 0
         estimate = cost.Estimate(
@@ -505,10 +506,9 @@ class Segmenter:
                   forward_seconds=forward_seconds, device=self.device_text)
         self.log(f"{loaded.path.name}: {estimate.text()} on {self.device_text}")
 
-    def _check_step_fits(self, case) -> None:
-        """Refuse steps whose memory (counted on the meta device, :mod:`.memory`) is not free now,
-        before the first one, instead of running out of memory in it."""
-        window = self.pipeline.window(case, case.windows[0])
+    def _check_step_fits(self, window: torch.Tensor) -> None:
+        """Refuse steps on windows like ``window`` whose memory (counted on the meta device,
+        :mod:`.memory`) is not free now, before the first one, instead of running out of memory in it."""
         try:
             saved = memory.saved_activation_bytes(self.method.model, window)
         except Exception:  # noqa: BLE001 - an operation without a meta kernel: the step's own check speaks
