@@ -184,6 +184,74 @@ def test_consistency_views_follow_the_checkpoints_mirroring_axes(copy, volume_b)
     assert seg.pipeline.predictor.allowed_mirroring_axes == (0,)
 
 
+# -- the other configurations: 2d (slice by slice) and 3d_lowres ---------------------------------------
+
+@pytest.fixture(scope="module")
+def folder_2d(tmp_path_factory) -> Path:
+    """A 2d configuration, planned and trained by nnU-Net as the 3d one (a volume predicted slice by slice)."""
+    out = tmp_path_factory.mktemp("nnunet2d")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_nnunet_model.py"), str(out), "--cases", "4",
+                           "--iterations", "30", "--scale", "0.5", "--configuration", "2d"], capture_output=True,
+                          text=True, encoding="utf-8", errors="replace", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Path(json.loads(done.stdout.strip().splitlines()[-1])["folder"])
+
+
+def test_a_2d_configuration_predicts_slice_by_slice_as_nnunet_and_adapts_on_2d_windows(folder_2d, volume_b):
+    model = load_nnunet(folder_2d)
+    assert model.configuration == "2d" and model.card.spatial_dims == 2 and len(model.config["patch_size"]) == 2
+    _, ours = segment(folder_2d, volume_b, method="none", probabilities=True)
+    labels, probabilities = nnunet_reference(folder_2d, volume_b)
+    assert ours.labels.shape == labels.shape == sitk.ReadImage(str(volume_b)).GetSize()[::-1]
+    np.testing.assert_array_equal(ours.labels, labels)
+    np.testing.assert_allclose(ours.probabilities, probabilities[1:], atol=1e-6)
+
+    seg, adapted = segment(folder_2d, volume_b, method="grata", steps=2, lr=1e-3)
+    assert [r["step"] for r in adapted.records] == [1, 2]
+    # the steps see nnU-Net's 2D windows (one slice each) and the engine's 2D views
+    prepared = seg.pipeline.prepare(imageio.read_image(volume_b).array, sitk.ReadImage(str(volume_b)))
+    assert seg.pipeline.window(prepared, prepared.windows[0]).shape == (1, 1, *model.config["patch_size"])
+    assert seg.method.loss_context.spatial_dims == 2
+    assert [v.name for v in consistency_views(2, seg.method.loss_context.view_axes)][:3] == \
+        ["identity", "flip_horizontal", "flip_vertical"]
+    network = seg.pipeline.model.network
+    source = torch.load(folder_2d / "fold_0" / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    changed = {k for k, v in network.state_dict().items() if not torch.equal(source[k], v)}
+    assert changed and all(isinstance(network.get_submodule(k.rsplit(".", 1)[0]), torch.nn.InstanceNorm2d)
+                           for k in changed)
+    np.testing.assert_array_equal(adapted.labels,
+                                  nnunet_reference(folder_2d, volume_b, weights=seg.pipeline.adapted_weights())[0])
+
+
+def test_a_3d_lowres_configuration_is_predicted_at_its_spacing_and_resampled_back_as_nnunet_does(folder, tmp_path,
+                                                                                                  volume_b):
+    """nnU-Net plans 3d_lowres only for images much larger than a patch; this one is the 3d_fullres
+    network planned at a coarser spacing (inheriting the rest), as nnU-Net writes such plans."""
+    lowres = tmp_path / folder.name.replace("3d_fullres", "3d_lowres")
+    shutil.copytree(folder, lowres)
+    edit_plans(lowres, lambda p: p["configurations"].update({"3d_lowres": {
+        "inherits_from": "3d_fullres", "data_identifier": "nnUNetPlans_3d_lowres", "spacing": [3.5, 2.25, 2.25],
+        "next_stage": "3d_cascade_fullres"}}))
+    edit_checkpoint(lowres / "fold_0", lambda c: c["init_args"].update(configuration="3d_lowres"))
+    model = load_nnunet(lowres)
+    assert model.configuration == "3d_lowres" and model.config["spacing"] == [3.5, 2.25, 2.25]
+    seg, ours = segment(lowres, volume_b, method="none", probabilities=True)
+    labels, probabilities = nnunet_reference(lowres, volume_b)
+    assert ours.labels.shape == labels.shape == sitk.ReadImage(str(volume_b)).GetSize()[::-1]
+    np.testing.assert_array_equal(ours.labels, labels)
+    np.testing.assert_allclose(ours.probabilities, probabilities[1:], atol=1e-6)
+    fullres, _ = nnunet_reference(folder, volume_b)
+    assert (labels != fullres).any()  # the coarser grid was used, and resampled back to the input's
+    prepared = seg.pipeline.prepare(imageio.read_image(volume_b).array, sitk.ReadImage(str(volume_b)))
+    assert prepared.data.shape[1] < sitk.ReadImage(str(volume_b)).GetSize()[2]
+    # and the cascade's second stage, which needs the first stage's segmentation, is refused by name
+    edit_plans(lowres, lambda p: p["configurations"].update({"3d_cascade_fullres": {
+        "inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}}))
+    edit_checkpoint(lowres / "fold_0", lambda c: c["init_args"].update(configuration="3d_cascade_fullres"))
+    with pytest.raises(ModelFileError, match="second stage of a cascade"):
+        load_nnunet(lowres)
+
+
 # -- loading: nothing from the folder runs --------------------------------------------------------------
 
 def test_a_checkpoint_carrying_code_is_refused_without_running_it(copy, tmp_path, volume_b):

@@ -9,10 +9,12 @@ instead of nnU-Net's 1000 x 250 with its augmentation pipeline), and the plans'
 network may be made narrower (``--features``) so that it trains on a CPU.
 
     python scripts/make_nnunet_model.py OUT [--centre A] [--cases 6] [--scale 0.5]
-        [--features 8] [--iterations 150] [--configuration 3d_fullres]
+        [--features 8] [--iterations 150] [--configuration 3d_fullres] [--regions]
 
 writes OUT/Dataset501_GraTaPhantom/nnUNetTrainer__nnUNetPlans__3d_fullres/{dataset.json, plans.json,
-fold_0/checkpoint_final.pth} and prints that folder.
+fold_0/checkpoint_final.pth} and prints that folder. ``--regions`` trains a region-based model
+(:data:`REGIONS`: nested regions with sigmoid outputs, as nnU-Net trains BraTS), whose
+``regions_class_order`` gives back the phantom's labels.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "GraTaSegmenter"))
 
 DATASET = "Dataset501_GraTaPhantom"
+#: the region-based variant's labels: nested regions of the phantom's organs (1 liver, 2 spleen, 3 kidney)
+REGIONS = {"background": 0, "organs": [1, 2, 3], "spleen or kidney": [2, 3], "kidney": [3]}
 
 
-def write_raw(raw: Path, centre: str, cases: int, scale: float, seed: int) -> None:
+def write_raw(raw: Path, centre: str, cases: int, scale: float, seed: int, regions: bool = False) -> None:
     import SimpleITK as sitk
 
     from GraTaSegmenterLib import phantom3d
@@ -49,9 +53,12 @@ def write_raw(raw: Path, centre: str, cases: int, scale: float, seed: int) -> No
         sitk.WriteImage(image, str(raw / "imagesTr" / f"phantom_{i:03d}_0000.nii.gz"))
         sitk.WriteImage(labels, str(raw / "labelsTr" / f"phantom_{i:03d}.nii.gz"))
     labels = {"background": 0, **{name: k + 1 for k, name in enumerate(phantom3d.ORGANS)}}
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "CT"}, "labels": labels, "numTraining": cases, "file_ending": ".nii.gz",
-        "description": f"GraTaSegmenter 3D phantom, centre {centre}, seed {seed}, scale {scale}"}, indent=2))
+    dataset = {"channel_names": {"0": "CT"}, "labels": REGIONS if regions else labels, "numTraining": cases,
+               "file_ending": ".nii.gz",
+               "description": f"GraTaSegmenter 3D phantom, centre {centre}, seed {seed}, scale {scale}"}
+    if regions:
+        dataset["regions_class_order"] = [1, 2, 3]
+    (raw / "dataset.json").write_text(json.dumps(dataset, indent=2))
 
 
 def narrow(plans_file: Path, configuration: str, features: int) -> None:
@@ -90,6 +97,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=150)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--configuration", default="3d_fullres", choices=("3d_fullres", "2d"))
+    ap.add_argument("--regions", action="store_true", help="a region-based model (sigmoid outputs, nested regions)")
     ap.add_argument("--mirror-axes", default=None,
                     help="comma-separated axes the trainer allows at inference (default: the trainer's own)")
     ap.add_argument("--verbose", action="store_true", help="the mean loss every 50 iterations on stderr")
@@ -104,7 +112,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(args.seed)
     start = time.time()
     raw = root / "nnUNet_raw" / DATASET
-    write_raw(raw, args.centre, args.cases, args.scale, args.seed)
+    write_raw(raw, args.centre, args.cases, args.scale, args.seed, args.regions)
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
@@ -152,6 +160,9 @@ def main(argv=None) -> int:
             batch = [random_patch(rng, *cases[int(rng.integers(len(cases)))], patch, f) for f in forced]
         x = torch.from_numpy(np.stack([b[0] for b in batch]))
         y = torch.from_numpy(np.stack([b[1] for b in batch]).astype(np.int64)).float()
+        if trainer.label_manager.has_regions:  # nnU-Net's loader turns labels into one channel per region
+            y = torch.cat([torch.isin(y, torch.tensor(r, dtype=y.dtype)).float()
+                           for r in trainer.label_manager.foreground_regions], 1)
         targets = [torch.nn.functional.interpolate(y, scale_factor=[float(v) for v in sc], mode="nearest")
                    if any(float(v) != 1.0 for v in sc) else y for sc in scales]
         trainer.lr_scheduler.step(it)
