@@ -252,6 +252,47 @@ def test_a_3d_lowres_configuration_is_predicted_at_its_spacing_and_resampled_bac
         load_nnunet(lowres)
 
 
+@pytest.fixture(scope="module")
+def folder_regions(tmp_path_factory) -> Path:
+    """A region-based model (nested regions, sigmoid outputs), trained by nnU-Net's trainer."""
+    out = tmp_path_factory.mktemp("nnunet_regions")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_nnunet_model.py"), str(out), "--cases", "4",
+                           "--iterations", "30", "--scale", "0.5", "--regions"], capture_output=True,
+                          text=True, encoding="utf-8", errors="replace", timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Path(json.loads(done.stdout.strip().splitlines()[-1])["folder"])
+
+
+def test_a_region_based_model_gives_one_overlapping_segment_per_region_as_nnunet_predicts(folder_regions,
+                                                                                         volume_b):
+    from GraTaSegmenterLib import model_folders
+
+    card = load_nnunet(folder_regions).card
+    assert card.output == "sigmoid"
+    assert [(c.name, c.channel, c.label) for c in card.classes] == [("organs", 0, 1), ("spleen or kidney", 1, 2),
+                                                                   ("kidney", 2, 3)]
+    assert card.classes[2].type.value == "64033007" and card.classes[0].type is None  # no code for "organs"
+    text = model_folders.card_text(folder_regions)
+    assert "Segments: organs, spleen or kidney, kidney" in text and "segments may overlap" in text
+
+    _, ours = segment(folder_regions, volume_b, method="none", probabilities=True)
+    labels, probabilities = nnunet_reference(folder_regions, volume_b)
+    assert probabilities.shape[0] == 3  # one sigmoid per region, no background
+    np.testing.assert_array_equal(ours.labels, labels)
+    np.testing.assert_allclose(ours.probabilities, probabilities, atol=1e-6)
+    for mask, region in zip(ours.masks, ([1, 2, 3], [2, 3], [3])):
+        np.testing.assert_array_equal(mask, np.isin(labels, region))
+    assert ours.masks[2].sum() > 0 and (ours.masks[0] >= ours.masks[1]).all() and (ours.masks[1] >= ours.masks[2]).all()
+
+    seg, adapted = segment(folder_regions, volume_b, method="grata", steps=2, lr=1e-3)
+    assert seg.method.loss_context.output == "sigmoid"
+    assert [r["step"] for r in adapted.records] == [1, 2] and all(-1 <= r["cosine"] <= 1 for r in adapted.records)
+    weights = seg.pipeline.adapted_weights()
+    source = torch.load(folder_regions / "fold_0" / "checkpoint_final.pth", weights_only=False)["network_weights"]
+    assert any(not torch.equal(source[k], v) for k, v in weights[0].items())
+    np.testing.assert_array_equal(adapted.labels, nnunet_reference(folder_regions, volume_b, weights=weights)[0])
+
+
 # -- loading: nothing from the folder runs --------------------------------------------------------------
 
 def test_a_checkpoint_carrying_code_is_refused_without_running_it(copy, tmp_path, volume_b):
@@ -297,7 +338,7 @@ def test_incomplete_or_unsupported_folders_say_what_is_wrong(copy, tmp_path):
     assert load_nnunet(copy).checkpoint == "checkpoint_best.pth"
     dataset = json.loads((copy / "dataset.json").read_text())
     (copy / "dataset.json").write_text(json.dumps({**dataset, "labels": {"background": 0, "organ": [1, 2]}}))
-    with pytest.raises(ModelFileError, match="regions"):
+    with pytest.raises(ModelFileError, match=r"lists 1 regions but its regions_class_order is None"):
         load_nnunet(copy)
     (copy / "dataset.json").write_text("{not json")
     with pytest.raises(ModelFileError, match="dataset.json .* not readable JSON"):

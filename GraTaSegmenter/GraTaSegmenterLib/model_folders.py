@@ -52,14 +52,19 @@ def describe(path: str | Path) -> dict[str, Any]:
         configuration = folder.name.rsplit("__", 1)[-1]
         config = (plans.get("configurations") or {}).get(configuration) or {}
         labels = dataset.get("labels") if isinstance(dataset.get("labels"), dict) else {}
-        plain = {str(k): v for k, v in labels.items() if isinstance(v, int) and not isinstance(v, bool)}
-        segments = [k.replace("_", " ") for k, v in sorted(plain.items(), key=lambda kv: kv[1]) if v != 0]
+        if any(isinstance(v, list) for v in labels.values()):  # a region-based model: dataset.json's order
+            segments = [str(k).replace("_", " ") for k, v in labels.items() if v not in (0, [0])]
+        else:
+            plain = {str(k): v for k, v in labels.items() if isinstance(v, int) and not isinstance(v, bool)}
+            segments = [k.replace("_", " ") for k, v in sorted(plain.items(), key=lambda kv: kv[1]) if v != 0]
         folds = [path.name] if folder != path else sorted(p.name for p in folder.glob("fold_*") if p.is_dir())
         details = {"configuration": configuration, "trainer": folder.name.split("__", 1)[0],
                    "folds": ", ".join(f.removeprefix("fold_") for f in folds) or "none",
                    "channels": ", ".join(str(v) for v in (dataset.get("channel_names") or {}).values()),
                    "patch": " x ".join(map(str, config.get("patch_size") or [])) or "from the parent configuration",
                    "spacing": " x ".join(f"{s:g}" for s in config.get("spacing") or []) or "?"}
+        if any(isinstance(v, list) for v in labels.values()):
+            details["outputs"] = "regions (one sigmoid each; segments may overlap)"
         return {"kind": NNUNET, "name": f"nnU-Net {plans.get('dataset_name', folder.parent.name)} {configuration}",
                 "segments": segments, "details": details}
     if found == MONAI:

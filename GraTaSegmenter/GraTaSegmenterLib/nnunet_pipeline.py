@@ -152,8 +152,11 @@ class NnUNetPipeline(WindowedPipeline):
             return list(case.windows)
         scores = []
         for slicer in case.windows:
-            probs = torch.softmax(forward(self.window(case, slicer)).float(), 1)
-            scores.append(float(probs[:, 1:].sum()))
+            logits = forward(self.window(case, slicer)).float()
+            if self.model.card.output == "sigmoid":  # a region-based model: every output is foreground
+                scores.append(float(torch.sigmoid(logits).sum()))
+            else:
+                scores.append(float(torch.softmax(logits, 1)[:, 1:].sum()))
         order = sorted(range(len(case.windows)), key=lambda k: (-scores[k], k))
         return [case.windows[k] for k in order[:count]]
 
@@ -165,13 +168,19 @@ class NnUNetPipeline(WindowedPipeline):
     @torch.no_grad()
     def predict(self, case: PreparedCase, weights: list[dict[str, torch.Tensor]]) -> tuple[np.ndarray, np.ndarray]:
         """nnU-Net's whole-volume prediction with ``weights`` (one dict per fold); returns its
-        segmentation and probabilities (background first) on the input's grid."""
+        segmentation and probabilities (background first) on the input's grid. For a region-based
+        model: one mask per region taken from nnU-Net's labelmap (the labels the region holds, as
+        nnU-Net evaluates regions) and the regions' sigmoid probabilities."""
         self.predictor.list_of_parameters = weights
         logits = self.predictor.predict_logits_from_preprocessed_data(case.data).cpu()
         segmentation, probabilities = self._to_segmentation(
             logits, self.plans_manager, self.configuration_manager, self.predictor.label_manager, case.properties,
             return_probabilities=True)
-        return np.asarray(segmentation), np.asarray(probabilities, dtype=np.float32)
+        segmentation = np.asarray(segmentation)
+        if self.predictor.label_manager.has_regions:
+            segmentation = np.stack([np.isin(segmentation, region)
+                                     for region in self.predictor.label_manager.foreground_regions]).astype(np.uint8)
+        return segmentation, np.asarray(probabilities, dtype=np.float32)
 
     def adapted_weights(self) -> list[dict[str, torch.Tensor]]:
         """The network's current (adapted) weights, as the predictor takes them."""

@@ -213,9 +213,6 @@ def _labels(dataset: dict[str, Any]) -> list[tuple[str, int]]:
     labels = dataset.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise ModelFileError("dataset.json has no labels; the model folder is incomplete")
-    if any(isinstance(v, (list, tuple)) for v in labels.values()):
-        raise ModelFileError("this nnU-Net model was trained on regions (dataset.json labels with lists); "
-                             "region-based models are not supported yet")
     try:
         pairs = sorted(((str(k), int(v)) for k, v in labels.items()), key=lambda kv: kv[1])
     except (TypeError, ValueError):
@@ -228,13 +225,44 @@ def _labels(dataset: dict[str, Any]) -> list[tuple[str, int]]:
     return pairs
 
 
+def regions(dataset: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]] | None:
+    """A region-based model's regions as nnU-Net reads them (labels given as lists, background
+    excluded, in dataset.json's order), or None for a model of plain labels."""
+    labels = dataset.get("labels")
+    if not isinstance(labels, dict) or not any(isinstance(v, (list, tuple)) for v in labels.values()):
+        return None
+    found = []
+    try:
+        for name, value in labels.items():
+            members = tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
+            if members != (0,):
+                found.append((str(name), members))
+    except (TypeError, ValueError):
+        raise ModelFileError("dataset.json: region labels must be whole numbers or lists of them") from None
+    order = dataset.get("regions_class_order")
+    if not isinstance(order, list) or len(order) != len(found) or not all(isinstance(v, int) and 0 < v < 256
+                                                                           for v in order):
+        raise ModelFileError(f"dataset.json lists {len(found)} regions but its regions_class_order is {order!r} "
+                             f"(one label from 1 to 255 per region, as nnU-Net needs); the folder is incomplete")
+    if not found or any(0 in members for _, members in found):
+        raise ModelFileError("dataset.json: a region may not contain the background label 0")
+    return found
+
+
 def _classes(dataset: dict[str, Any]) -> tuple[SegmentClass, ...]:
+    """The segments: one per label, or one per region (channel = the region's sigmoid output; label =
+    the value nnU-Net's labelmap gives it, ``regions_class_order``)."""
+    found = regions(dataset)
+    if found is not None:
+        named = [(name, channel, label) for channel, ((name, _), label)
+                 in enumerate(zip(found, dataset["regions_class_order"]))]
+    else:
+        named = [(name, value, value) for name, value in _labels(dataset)[1:]]
     classes = []
-    for name, value in _labels(dataset)[1:]:
+    for k, (name, channel, label) in enumerate(named):
         category, type_ = code_for(name)
-        readable = name.replace("_", " ")
-        classes.append(SegmentClass(name=readable, channel=value, label=value, color=PALETTE[(value - 1) % len(PALETTE)],
-                                    category=category, type=type_))
+        classes.append(SegmentClass(name=name.replace("_", " "), channel=channel, label=label,
+                                    color=PALETTE[k % len(PALETTE)], category=category, type=type_))
     return tuple(classes)
 
 
@@ -316,7 +344,8 @@ def load_nnunet(path: str | Path, device: str | torch.device = "cpu") -> NnUNetM
         raise ModelFileError("dataset.json has no channel_names; the model folder is incomplete")
     _check_plans(plans, config, len(channels))
     classes = _classes(dataset)
-    net = build_network(config, len(channels), len(classes) + 1)
+    region_based = regions(dataset) is not None
+    net = build_network(config, len(channels), len(classes) + (0 if region_based else 1))
     weights = [first["network_weights"]] + [read_checkpoint(c)["network_weights"] for c in checkpoints[1:]]
     for ckpt, state in zip(checkpoints, weights):
         _strict_load(net, state, f"{ckpt.parent.name}/{ckpt.name}", trainer)
@@ -332,7 +361,7 @@ def load_nnunet(path: str | Path, device: str | torch.device = "cpu") -> NnUNetM
                    "folds": [f.name.removeprefix("fold_") for f in fold_dirs]},
         input_channels=len(channels),
         spatial_dims=len(patch),
-        output="softmax",
+        output="sigmoid" if region_based else "softmax",
         classes=classes,
         input_size=tuple(patch),
         normalisation="model",
