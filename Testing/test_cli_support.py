@@ -218,7 +218,8 @@ def emit(name, **fields):
     print(json.dumps({"event": name, "time": time.time(), **fields}), flush=True)
 emit("start", version=1, inputs=["in.nrrd"], output_dir="out", model="m", model_name="an nnU-Net model",
      method="grata", mode="episodic", device="cpu", steps_per_input=10, total_steps=10)
-emit("estimate", input_index=0, input="in.nrrd", seconds=1500.0, forward_seconds=8.7, device="cpu")
+emit("estimate", input_index=0, input="in.nrrd", seconds=1500.0, forward_seconds=8.7,
+     prediction_seconds=939.6, device="cpu")
 time.sleep(60)
 """
 

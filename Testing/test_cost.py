@@ -21,6 +21,7 @@ def test_a_step_costs_the_passes_its_method_makes():
     estimate = cost.Estimate(forward_seconds=0.5, steps=10, passes_per_step=12.4, selection_passes=4,
                              prediction_passes=32)
     assert estimate.seconds == pytest.approx(0.5 * (124 + 4 + 32))
+    assert estimate.prediction_seconds == pytest.approx(0.5 * 32)
     assert estimate.text() == ("about 80 s (a forward pass of one window takes 0.50 s; 10 steps of about 12 "
                                "passes each; prediction 32 passes)")
 
@@ -31,12 +32,13 @@ def test_durations_are_as_precise_as_an_estimate_deserves(seconds, text):
     assert cost.format_duration(seconds) == text
 
 
-def progress_after(device: str, seconds: float, inputs=("a.nii.gz", "b.nii.gz")) -> RunProgress:
+def progress_after(device: str, seconds: float, inputs=("a.nii.gz", "b.nii.gz"), prediction=None) -> RunProgress:
     progress = RunProgress()
     progress.update(Event("start", {"event": "start", "inputs": list(inputs), "device": device, "total_steps": 20,
                                     "steps_per_input": 10}))
     progress.update(Event("estimate", {"event": "estimate", "input_index": 0, "input": inputs[0],
-                                       "seconds": seconds, "forward_seconds": 0.5, "device": device}))
+                                       "seconds": seconds, "forward_seconds": 0.5, "device": device,
+                                       **({"prediction_seconds": prediction} if prediction is not None else {})}))
     return progress
 
 
@@ -51,6 +53,22 @@ def test_a_cpu_run_of_minutes_is_announced_with_what_to_do():
     assert progress.estimate_seconds == 300
     progress.update(Event("step", {"event": "step", "global_step": 1, "total_steps": 20, "seconds": 12.0}))
     assert progress.status_text() == "Step 1/20, 3 min 48 s left"
+
+
+def test_the_time_left_counts_the_predictions_still_to_come():
+    """nnU-Net's prediction with mirroring often takes longer than the steps: the time left holds the
+    prediction of every volume not yet written, from the estimate."""
+    progress = progress_after("cpu", 150.0, prediction=60.0)
+    progress.update(Event("step", {"event": "step", "global_step": 1, "total_steps": 20, "seconds": 5.0}))
+    assert progress.seconds_left() == pytest.approx(19 * 5.0 + 2 * 60.0)
+    for step in range(2, 11):
+        progress.update(Event("step", {"event": "step", "global_step": step, "total_steps": 20, "seconds": 5.0}))
+    progress.update(Event("output", {"event": "output", "input_index": 0, "input": "a.nii.gz", "paths": {}}))
+    assert progress.seconds_left() == pytest.approx(10 * 5.0 + 60.0)
+    assert progress.status_text() == "Step 10/20, 1 min 50 s left"
+    without = progress_after("cpu", 150.0)  # an engine that does not say: the steps alone
+    without.update(Event("step", {"event": "step", "global_step": 1, "total_steps": 20, "seconds": 5.0}))
+    assert without.seconds_left() == pytest.approx(19 * 5.0)
 
 
 @pytest.mark.parametrize("device, seconds", [("cpu", 50.0), ("cuda:0 (NVIDIA H200, 139 GiB)", 600.0)])

@@ -453,6 +453,7 @@ def test_the_run_says_how_long_it_will_take_from_one_timed_forward_pass(copy, tm
     passes = 3 * (2 * cost.TRAIN_PASS + views) + windows + windows * 4  # 4 = the mirrors of axes 1 and 2
     assert estimate["forward_seconds"] > 0
     assert estimate["seconds"] == pytest.approx(estimate["forward_seconds"] * passes, rel=1e-9)
+    assert estimate["prediction_seconds"] == pytest.approx(estimate["forward_seconds"] * windows * 4, rel=1e-9)
     assert any(line.startswith("c.nii.gz: about ") and "3 steps of about 11 passes each" in line
                and f"prediction {windows * 4} passes" in line for line in lines)
 

@@ -53,6 +53,11 @@ class Estimate:
     prediction_passes: int
 
     @property
+    def prediction_seconds(self) -> float:
+        """The whole-volume prediction after the steps (often the larger part, with mirroring)."""
+        return self.forward_seconds * self.prediction_passes
+
+    @property
     def seconds(self) -> float:
         passes = self.steps * self.passes_per_step + self.selection_passes + self.prediction_passes
         return self.forward_seconds * passes

@@ -31,7 +31,7 @@ SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
              "aux_loss": NULLABLE_NUMBER, "pseudo_loss": NULLABLE_NUMBER, "loss": NULLABLE_NUMBER,
              "seconds": NUMBER, "applied": (bool,), "skipped": NULLABLE_STR},
     "estimate": {"input_index": (int,), "input": (str,), "seconds": NUMBER, "forward_seconds": NUMBER,
-                 "device": (str,)},
+                 "prediction_seconds": NUMBER, "device": (str,)},
     "postprocess": {"input_index": (int,), "input": (str,), "segments": (list,)},
     "output": {"input_index": (int,), "input": (str,), "paths": (dict,)},
     "done": {"outputs": (int,), "seconds": NUMBER},

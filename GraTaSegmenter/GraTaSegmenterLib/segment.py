@@ -503,7 +503,8 @@ class Segmenter:
             selection_passes=len(case.windows) if steps and len(case.windows) > 1 else 0,
             prediction_passes=pipeline.prediction_passes(case))
         self.emit("estimate", input_index=input_index, input=str(loaded.path), seconds=estimate.seconds,
-                  forward_seconds=forward_seconds, device=self.device_text)
+                  forward_seconds=forward_seconds, prediction_seconds=estimate.prediction_seconds,
+                  device=self.device_text)
         self.log(f"{loaded.path.name}: {estimate.text()} on {self.device_text}")
 
     def _check_step_fits(self, window: torch.Tensor) -> None:

@@ -131,6 +131,7 @@ class RunProgress:
     version: int | None = None
     postprocess: list[str] = field(default_factory=list)  # what the card's rules did, one text per segment
     estimate_seconds: float | None = None  # the engine's estimate for the run, from its first volume
+    prediction_seconds: float | None = None  # the part of it that is one volume's prediction after its steps
 
     def update(self, event: Event) -> None:
         kind = event.kind
@@ -159,6 +160,9 @@ class RunProgress:
             if seconds is not None and self.estimate_seconds is None:
                 # the first volume's estimate, for all of them (the volumes of one run are alike)
                 self.estimate_seconds = seconds * max(1, len(self.inputs))
+            prediction = _number(event.get("prediction_seconds"))
+            if prediction is not None and prediction >= 0 and self.prediction_seconds is None:
+                self.prediction_seconds = prediction
         elif kind == "postprocess":
             self.postprocess.extend(str(s.get("text", "")) for s in event.get("segments") or []
                                     if isinstance(s, dict))
@@ -182,13 +186,18 @@ class RunProgress:
         return min(1.0, self.global_step / self.total_steps)
 
     def seconds_left(self) -> float | None:
-        """Estimated time left from the mean of the recent step times; None before the first step."""
+        """Estimated time left: the steps to come at the mean of the recent step times, and, for a
+        model whose whole-volume prediction was estimated (nnU-Net, MONAI), the predictions of the
+        volumes not yet written; None before the first step."""
         if self.done:
             return 0.0
         if not self.step_seconds or self.total_steps <= 0:
             return None
         recent = self.step_seconds[-10:]
-        return max(0, self.total_steps - self.global_step) * (sum(recent) / len(recent))
+        left = max(0, self.total_steps - self.global_step) * (sum(recent) / len(recent))
+        if self.prediction_seconds is not None:
+            left += max(0, max(1, len(self.inputs)) - len(self.outputs)) * self.prediction_seconds
+        return left
 
     def status_text(self) -> str:
         if self.error:
