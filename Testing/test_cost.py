@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from GraTaSegmenterLib import cost
+from GraTaSegmenterLib import cost, memory
 from GraTaSegmenterLib.slicer_support.events import Event, RunProgress
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +55,16 @@ def test_a_cpu_run_of_minutes_is_announced_with_what_to_do():
     assert progress.status_text() == "Step 1/20, 3 min 48 s left"
 
 
+def test_views_per_pass_are_those_that_fit_beside_the_step():
+    mib = 1 << 20
+    assert memory.views_per_pass(7, available=1000 * mib, need=300 * mib, saved=100 * mib, default=3) == 7
+    assert memory.views_per_pass(7, available=650 * mib, need=300 * mib, saved=100 * mib, default=3) == 3
+    assert memory.views_per_pass(2, available=1000 * mib, need=300 * mib, saved=100 * mib, default=3) == 2
+    assert memory.views_per_pass(7, available=250 * mib, need=300 * mib, saved=100 * mib, default=3) == 1
+    assert memory.views_per_pass(7, available=None, need=300 * mib, saved=100 * mib, default=3) == 3
+    assert memory.views_per_pass(2, available=None, need=0, saved=0, default=3) == 2
+
+
 def test_the_time_left_counts_the_predictions_still_to_come():
     """nnU-Net's prediction with mirroring often takes longer than the steps: the time left holds the
     prediction of every volume not yet written, from the estimate."""
@@ -89,7 +99,6 @@ def test_the_activations_kept_for_the_backward_pass_are_counted_without_memory()
     import torch
     from torch import nn
 
-    from GraTaSegmenterLib import memory
 
     net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.InstanceNorm3d(4, affine=True), nn.LeakyReLU())
     for p in net[0].parameters():
@@ -106,7 +115,6 @@ def test_the_activations_kept_for_the_backward_pass_are_counted_without_memory()
 
 
 def test_a_step_that_cannot_fit_is_refused_with_what_to_do():
-    from GraTaSegmenterLib import memory
     from GraTaSegmenterLib.errors import OutOfMemory
 
     assert memory.step_bytes("grata", 100 << 20) == 300 << 20 and memory.step_bytes("none", 100 << 20) == 0

@@ -23,7 +23,7 @@ import torch
 from GraTaSegmenterLib import imageio, phantom3d
 from GraTaSegmenterLib.adaptation.norm import NORM_TYPES, adaptation_summary
 from GraTaSegmenterLib.adaptation.views import consistency_views
-from GraTaSegmenterLib.errors import ConfigurationError, InputError, ModelFileError
+from GraTaSegmenterLib.errors import ConfigurationError, InputError, ModelFileError, OutOfMemory
 from GraTaSegmenterLib.models.nnunet import build_network, is_nnunet_folder, load_nnunet, resolved_configuration
 from GraTaSegmenterLib.segment import Options, Segmenter
 from test_cli_support import OBLIQUE_3D, Canary, assert_same_geometry, parse_events, run_cli, set_geometry
@@ -466,7 +466,6 @@ def test_the_run_says_how_long_it_will_take_from_one_timed_forward_pass(copy, tm
 
 def test_steps_that_do_not_fit_in_the_free_memory_are_refused_before_the_first(folder, volume_b, monkeypatch):
     from GraTaSegmenterLib import memory
-    from GraTaSegmenterLib.errors import OutOfMemory
 
     before = volume_b.read_bytes()
     lines = []
@@ -484,3 +483,27 @@ def test_steps_that_do_not_fit_in_the_free_memory_are_refused_before_the_first(f
         seg.segment(loaded)
     assert "step" not in steps and volume_b.read_bytes() == before
     Segmenter(Options(model=str(folder), device="cpu", method="none"), log=lines.append).segment(loaded)  # no steps
+
+
+def test_on_a_gpu_the_consistency_views_per_pass_follow_the_free_memory(folder, volume_b, monkeypatch):
+    """The CUDA branch of the memory check, run here on the CPU with the device's type and free
+    memory stood in: the views per pass are those that fit beside the step, all seven at most."""
+    from GraTaSegmenterLib import memory
+
+    seg = Segmenter(Options(model=str(folder), device="cpu", method="grata", steps=1), log=lambda m: None)
+    case = seg.pipeline.prepare(imageio.read_image(volume_b).array, sitk.ReadImage(str(volume_b)))
+    seg.pipeline.use_range(case)
+    window = seg.pipeline.window(case, case.windows[0])
+    saved = memory.saved_activation_bytes(seg.method.model, window)
+    need = memory.step_bytes("grata", saved)
+    seg.device = torch.device("cuda")
+    lines = []
+    seg.log = lines.append
+    for free, expected in ((need + 2 * saved + 1, 2), (need + 100 * saved, 7), (need + saved // 2, 1)):
+        monkeypatch.setattr(memory, "device_available_bytes", lambda device, free=free: free)
+        seg._check_step_fits(window)
+        assert seg.method.loss_context.batch_views == expected
+    assert lines[-1].startswith("the consistency views run 1 per pass (of 7)")
+    monkeypatch.setattr(memory, "device_available_bytes", lambda device: need - 1)
+    with pytest.raises(OutOfMemory):
+        seg._check_step_fits(window)

@@ -133,6 +133,17 @@ def saved_activation_bytes(model, x) -> int:
     return total
 
 
+def views_per_pass(views: int, available: int | None, need: int, saved: int, default: int) -> int:
+    """How many consistency views a pseudo-label pass can take at once on a GPU: as many as fit in
+    the memory left beside the step (``need``), each view counted as a whole forward's kept
+    activations (``saved``: more than a no-grad forward holds at its peak, so on the safe side);
+    ``default`` where the free memory is unknown. Batched views fill a large GPU better; the
+    result does not change with the batching (per-view statistics, :mod:`.adaptation.norm`)."""
+    if available is None or saved <= 0:
+        return max(1, min(default, views))
+    return int(max(1, min(views, (available - need) // saved)))
+
+
 def device_available_bytes(device) -> int | None:
     """Free memory of a CUDA device, or the host's for the CPU and other devices."""
     import torch

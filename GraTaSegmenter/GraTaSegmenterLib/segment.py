@@ -515,9 +515,17 @@ class Segmenter:
         except Exception:  # noqa: BLE001 - an operation without a meta kernel: the step's own check speaks
             return
         need = memory.step_bytes(self.options.method, saved)
-        memory.check_step_fits(need, memory.device_available_bytes(self.device), self.pipeline.patch,
-                               self.device_text)
+        available = memory.device_available_bytes(self.device)
+        memory.check_step_fits(need, available, self.pipeline.patch, self.device_text)
         self.log(f"an adaptation step holds about {need / (1 << 20):.0f} MiB on {self.device_text}")
+        context = getattr(self.method, "loss_context", None)
+        if self.device.type == "cuda" and context is not None:  # on a CPU one view at a time is fastest
+            from .adaptation.views import consistency_views
+
+            views = len(consistency_views(context.spatial_dims, context.view_axes))
+            context.batch_views = memory.views_per_pass(views, available, need, saved, context.batch_views)
+            self.log(f"the consistency views run {context.batch_views} per pass (of {views}), as the free "
+                     f"memory of {self.device_text} allows")
 
     def _postprocess(self, loaded: imageio.LoadedImage, prediction: Prediction, slice_axis: int | None,
                      input_index: int) -> None:
