@@ -24,7 +24,8 @@ from GraTaSegmenterLib import imageio, phantom3d
 from GraTaSegmenterLib.adaptation.norm import NORM_TYPES, adaptation_summary
 from GraTaSegmenterLib.adaptation.views import consistency_views
 from GraTaSegmenterLib.errors import ConfigurationError, InputError, ModelFileError, OutOfMemory
-from GraTaSegmenterLib.models.nnunet import build_network, is_nnunet_folder, load_nnunet, resolved_configuration
+from GraTaSegmenterLib.models.nnunet import (build_network, is_nnunet_folder, load_nnunet, regions,
+                                              resolved_configuration)
 from GraTaSegmenterLib.segment import Options, Segmenter
 from test_cli_support import OBLIQUE_3D, Canary, assert_same_geometry, parse_events, run_cli, set_geometry
 
@@ -272,6 +273,9 @@ def test_a_region_based_model_gives_one_overlapping_segment_per_region_as_nnunet
     assert [(c.name, c.channel, c.label) for c in card.classes] == [("organs", 0, 1), ("spleen or kidney", 1, 2),
                                                                    ("kidney", 2, 3)]
     assert card.classes[2].type.value == "64033007" and card.classes[0].type is None  # no code for "organs"
+    dataset = json.loads((folder_regions / "dataset.json").read_text())
+    assert [name for name, _ in regions({**dataset, "labels": {**dataset["labels"], "ignore": 4}})] == \
+        ["organs", "spleen or kidney", "kidney"]  # nnU-Net's unannotated-voxel label is no region
     text = model_folders.card_text(folder_regions)
     assert "Segments: organs, spleen or kidney, kidney" in text and "segments may overlap" in text
 
@@ -337,6 +341,8 @@ def test_incomplete_or_unsupported_folders_say_what_is_wrong(copy, tmp_path):
     (copy / "fold_0" / "model.pth").rename(copy / "fold_0" / "checkpoint_best.pth")
     assert load_nnunet(copy).checkpoint == "checkpoint_best.pth"
     dataset = json.loads((copy / "dataset.json").read_text())
+    (copy / "dataset.json").write_text(json.dumps({**dataset, "labels": {**dataset["labels"], "ignore": 4}}))
+    assert [c.name for c in load_nnunet(copy).card.classes] == ["liver", "spleen", "kidney"]  # no output for it
     (copy / "dataset.json").write_text(json.dumps({**dataset, "labels": {"background": 0, "organ": [1, 2]}}))
     with pytest.raises(ModelFileError, match=r"lists 1 regions but its regions_class_order is None"):
         load_nnunet(copy)

@@ -53,9 +53,10 @@ def describe(path: str | Path) -> dict[str, Any]:
         config = (plans.get("configurations") or {}).get(configuration) or {}
         labels = dataset.get("labels") if isinstance(dataset.get("labels"), dict) else {}
         if any(isinstance(v, list) for v in labels.values()):  # a region-based model: dataset.json's order
-            segments = [str(k).replace("_", " ") for k, v in labels.items() if v not in (0, [0])]
+            segments = [str(k).replace("_", " ") for k, v in labels.items() if v not in (0, [0]) and k != "ignore"]
         else:
-            plain = {str(k): v for k, v in labels.items() if isinstance(v, int) and not isinstance(v, bool)}
+            plain = {str(k): v for k, v in labels.items()
+                     if isinstance(v, int) and not isinstance(v, bool) and k != "ignore"}
             segments = [k.replace("_", " ") for k, v in sorted(plain.items(), key=lambda kv: kv[1]) if v != 0]
         folds = [path.name] if folder != path else sorted(p.name for p in folder.glob("fold_*") if p.is_dir())
         details = {"configuration": configuration, "trainer": folder.name.split("__", 1)[0],

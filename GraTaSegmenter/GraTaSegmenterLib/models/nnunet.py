@@ -213,8 +213,8 @@ def _labels(dataset: dict[str, Any]) -> list[tuple[str, int]]:
     labels = dataset.get("labels")
     if not isinstance(labels, dict) or not labels:
         raise ModelFileError("dataset.json has no labels; the model folder is incomplete")
-    try:
-        pairs = sorted(((str(k), int(v)) for k, v in labels.items()), key=lambda kv: kv[1])
+    try:  # nnU-Net's "ignore" label marks unannotated voxels in training; the network has no output for it
+        pairs = sorted(((str(k), int(v)) for k, v in labels.items() if k != "ignore"), key=lambda kv: kv[1])
     except (TypeError, ValueError):
         raise ModelFileError("dataset.json: label values must be whole numbers") from None
     values = [v for _, v in pairs]
@@ -235,7 +235,7 @@ def regions(dataset: dict[str, Any]) -> list[tuple[str, tuple[int, ...]]] | None
     try:
         for name, value in labels.items():
             members = tuple(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]))
-            if members != (0,):
+            if name != "ignore" and set(members) != {0}:  # as nnU-Net's LabelManager reads them
                 found.append((str(name), members))
     except (TypeError, ValueError):
         raise ModelFileError("dataset.json: region labels must be whole numbers or lists of them") from None
