@@ -2,7 +2,8 @@
 
 The engine counts, on the meta device, the bytes autograd keeps for the backward pass of one forward
 of a window (``memory.saved_activation_bytes``) and refuses steps whose expected peak
-(``memory.step_bytes``: that count times ``memory.STEP_PEAK[method]``) exceeds the free memory. This
+(``memory.step_bytes``: that count times ``memory.STEP_PEAK[method]``, plus ``memory.VIEW_PEAK`` for each
+further consistency view in a pass) exceeds the free memory. This
 script measures the real peak: in a fresh process per method, the resident memory before one step
 and the process's peak after it (CPU; on CUDA ``torch.cuda.max_memory_allocated``)::
 
@@ -47,6 +48,7 @@ def child(model: str, method: str, device: str) -> dict:
     pipeline.use_range(case)
     x = pipeline.window(case, case.windows[0])
     saved = memory.saved_activation_bytes(seg.method.model, x)
+    seg._check_step_fits(x)  # as a run does: on CUDA the views per pass follow the free memory
     seg.method.predict(x)
     gc.collect()
     if device == "cuda":
@@ -60,8 +62,10 @@ def child(model: str, method: str, device: str) -> dict:
         before = int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         seg.method.step(x)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    context = seg.method.loss_context
     return {"method": method, "device": device, "patch": list(pipeline.patch), "saved_bytes": saved,
-            "step_peak_bytes": peak, "peak_over_saved": peak / saved, "engine_expects": memory.step_bytes(method, saved)}
+            "views_per_pass": context.batch_views,
+            "step_peak_bytes": peak, "peak_over_saved": peak / saved, "engine_expects": memory.step_bytes(method, saved, context.batch_views)}
 
 
 def main(argv=None) -> int:
