@@ -14,8 +14,9 @@ prediction, then counts the passes the run will make:
 :data:`TRAIN_PASS` and the view count were measured, not assumed:
 ``benchmarks/step_cost.py`` on the phantom nnU-Net model (20 x 80 x 80 windows, one CPU thread)
 gave forward 0.25 s, TENT step 2.7 forward passes, GraTa step 12.9 (this model of it: 12.4).
-Other losses than GraTa's defaults cost about the same. The estimate is meant to tell seconds
-from minutes from hours, not to time a run to the second.
+Other losses than GraTa's defaults cost about the same. On an H200 (``benchmarks/gpu_figures.py``) a
+TENT step was 2.0-2.8 passes and a GraTa step 6.7-16.3 (fewer with the views batched). The estimate
+is meant to tell seconds from minutes from hours, not to time a run to the second.
 """
 
 from __future__ import annotations

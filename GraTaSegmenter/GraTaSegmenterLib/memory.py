@@ -98,14 +98,24 @@ def check_fits(path: Path, classes: int, probabilities: bool, uncertainty: bool,
 
 #: a step's peak above the memory in use before it, in multiples of the activations one forward keeps
 #: for the backward pass (the forward's transient outputs, the views, the augmentation, the allocator's
-#: slack on top). Measured by benchmarks/step_memory.py on the phantom nnU-Net model (CPU, fp32):
-#: 119 MiB kept, TENT's step 171-216 MiB above (1.4-1.8x over two runs), GraTa's 344-347 MiB (2.9x).
+#: slack on top), with one consistency view per pass. Measured by benchmarks/step_memory.py and
+#: step_cost.py on the phantom nnU-Net model: CPU, fp32, 119 MiB kept, TENT's step 1.4-1.9x, GraTa's
+#: 2.7-3.0x; an H200 (benchmarks/gpu_figures.py) holds less: GraTa 1.2-1.3x, TENT 1.2-1.3x.
 STEP_PEAK = {"tent": 2.0, "grata": 3.0}
+#: what each further consistency view in GraTa's pseudo-label pass adds, in the same multiples (a
+#: no-grad forward of one more window). Measured on an H200: seven views per pass held 3.6x (phantom
+#: model) and 3.9x (nnU-Net's default 3d_fullres network, 3.4 GiB kept) against 1.2-1.3x with one,
+#: about 0.4x per added view.
+VIEW_PEAK = 0.5
 
 
-def step_bytes(method: str, saved: int) -> int:
-    """The memory one step of ``method`` takes beyond what is in use, from :func:`saved_activation_bytes`."""
-    return int(saved * STEP_PEAK.get(method, 0.0))
+def step_bytes(method: str, saved: int, views_per_pass: int = 1) -> int:
+    """The memory one step of ``method`` takes beyond what is in use, from :func:`saved_activation_bytes`,
+    with GraTa's consistency views ``views_per_pass`` to a forward pass."""
+    factor = STEP_PEAK.get(method, 0.0)
+    if method == "grata":
+        factor += VIEW_PEAK * (max(1, views_per_pass) - 1)
+    return int(saved * factor)
 
 
 def saved_activation_bytes(model, x) -> int:
@@ -133,15 +143,16 @@ def saved_activation_bytes(model, x) -> int:
     return total
 
 
-def views_per_pass(views: int, available: int | None, need: int, saved: int, default: int) -> int:
-    """How many consistency views a pseudo-label pass can take at once on a GPU: as many as fit in
-    the memory left beside the step (``need``), each view counted as a whole forward's kept
-    activations (``saved``: more than a no-grad forward holds at its peak, so on the safe side);
-    ``default`` where the free memory is unknown. Batched views fill a large GPU better; the
-    result does not change with the batching (per-view statistics, :mod:`.adaptation.norm`)."""
+def views_per_pass(views: int, available: int | None, method: str, saved: int, default: int) -> int:
+    """How many consistency views a pseudo-label pass can take at once on a GPU: the most whose step
+    (:func:`step_bytes`) fits the free memory, ``views`` at most; ``default`` where the free memory is
+    unknown. Batched views fill a large GPU better (an H200: a GraTa step of nnU-Net's default
+    3d_fullres network 0.18 s with all seven views per pass, 0.21 s with one, in fp32); the result
+    does not change with the batching (per-view statistics, :mod:`.adaptation.norm`)."""
     if available is None or saved <= 0:
         return max(1, min(default, views))
-    return int(max(1, min(views, (available - need) // saved)))
+    more = (available - step_bytes(method, saved)) // max(1, int(VIEW_PEAK * saved))
+    return int(max(1, min(views, 1 + more)))
 
 
 def device_available_bytes(device) -> int | None:
