@@ -298,3 +298,112 @@ def test_a_slow_cpu_run_is_announced_above_the_controls_once(page, tmp_path):
     assert sum(line.startswith("This run will take") for line in page.session.log_lines) == 1
     page._reported(page.adapt_or_cancel)()  # Cancel
     assert page.session.wait(timeout=60) is not RunState.Running
+
+
+def _zip(path: Path, members: dict, links=()) -> Path:
+    """A zip of ``members`` (name -> bytes) and of symbolic links (name -> target) as zip tools store them."""
+    import stat
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zipped:
+        for name, content in members.items():
+            zipped.writestr(name, content)
+        for name, target in links:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zipped.writestr(info, target)
+    return path
+
+
+def test_a_model_folder_zipped_unpacks_to_its_model_and_nothing_else_lands(tmp_path, monkeypatch):
+    """A browser uploads files, not folders: a model folder comes as a .zip. The model inside is found
+    at any depth the usual zips have (Dataset.../nnUNetTrainer__.../), and every archive that would
+    write outside its folder, hold links, unpack past the limit, hold several models or none, or is
+    no zip at all is one message with nothing of it left on the server."""
+    from GraTaSegmenterWeb import files
+
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    trained = "Dataset501_Phantom/nnUNetTrainer__nnUNetPlans__3d_fullres/"
+    nnunet = {trained + "plans.json": b"{}", trained + "dataset.json": b"{}",
+              trained + "fold_0/checkpoint_final.pth": b"weights", "__MACOSX/._plans.json": b"fork"}
+    model = files.unpack_model_archive(_zip(tmp_path / "nnunet.zip", nnunet), folder)
+    assert model.parent.parent.parent == folder and model.relative_to(model.parents[1]).as_posix() == \
+        "Dataset501_Phantom/nnUNetTrainer__nnUNetPlans__3d_fullres"
+    assert (model / "fold_0" / "checkpoint_final.pth").read_bytes() == b"weights"
+    assert not (model.parents[1] / "__MACOSX").exists()
+    bundle = files.unpack_model_archive(_zip(tmp_path / "b.zip", {"configs/inference.json": b"{}",
+                                                                   "models/model.pt": b""}), folder)
+    assert bundle.parent == folder and (bundle / "configs" / "inference.json").is_file()
+    kept = sorted(folder.iterdir())
+
+    refused = {
+        "outside its folder": {"../evil.txt": b"x"},
+        "outside its folder ": {"/etc/evil.txt": b"x"},
+        "two files of one name": {"configs/inference.json": b"{}", "configs//inference.json": b"{}"},
+        "several models": {"a/configs/inference.json": b"{}", "b/configs/inference.json": b"{}"},
+        "no nnU-Net model folder": {"notes/readme.txt": b"hello"},
+    }
+    for message, members in refused.items():
+        with pytest.raises(files.FileRefused, match=message.strip()):
+            files.unpack_model_archive(_zip(tmp_path / "r.zip", members), folder)
+    with pytest.raises(files.FileRefused, match="holds a link"):
+        files.unpack_model_archive(_zip(tmp_path / "l.zip", {"configs/inference.json": b"{}"},
+                                        links=[("models/model.pt", "/etc/passwd")]), folder)
+    (tmp_path / "n.zip").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(files.FileRefused, match="not a zip archive that can be read"):
+        files.unpack_model_archive(tmp_path / "n.zip", folder)
+    monkeypatch.setattr(files, "MODEL_ARCHIVE_BYTES", 3 << 20)
+    big = {"configs/inference.json": b"{}", "models/model.pt": bytes(4 << 20)}  # compresses to a few KiB
+    with pytest.raises(files.FileRefused, match="unpacks to more than"):
+        files.unpack_model_archive(_zip(tmp_path / "big.zip", big), folder)
+    assert sorted(folder.iterdir()) == kept and not (tmp_path / "evil.txt").exists()
+
+
+def test_a_zipped_bundle_uploaded_on_the_page_shows_its_card_and_is_the_run_model(page, tmp_path):
+    import io
+    import zipfile
+
+    import SimpleITK as sitk
+    from test_monai_bundle import make_bundle
+
+    from GraTaSegmenterLib import phantom3d
+    from GraTaSegmenterLib.slicer_support.process import RunState
+    from GraTaSegmenterWeb.session import MODEL_FILE, SessionError
+
+    bundle = make_bundle(tmp_path / "tiny")
+    content = io.BytesIO()
+    with zipfile.ZipFile(content, "w") as zipped:
+        for path in sorted(bundle.rglob("*")):
+            if path.is_file():
+                zipped.write(path, "tiny/" + path.relative_to(bundle).as_posix())
+    state, session = page.state, page.session
+    page._on_upload_model([{"name": "tiny.zip", "size": len(content.getvalue()), "type": "application/zip",
+                            "content": content.getvalue()}])
+    assert state.grata_message_type == "success" and "Model folder tiny uploaded" in state.grata_message
+    uploaded = Path(state.grata_model_file)
+    assert uploaded.name == "tiny" and state.grata_model_entries[-1] == str(uploaded)
+    assert not list((session.work / "uploads").glob("upload-*"))  # the archive itself is not kept
+    assert session.model_file(str(uploaded)) == uploaded.resolve()
+    page._on_model_chosen(grata_model_id=MODEL_FILE, grata_model_file=str(uploaded))
+    assert "MONAI bundle tiny abdomen" in state.grata_model_card, state.grata_model_card
+    case = phantom3d.render_case("C", 0, scale=0.5)
+    image = sitk.GetImageFromArray(case.image)
+    image.SetSpacing(tuple(reversed(case.spacing)))
+    sitk.WriteImage(image, str(session.data_dir / "ct.nrrd"))
+    state.grata_data_entries = session.data_entries()
+    state.grata_data_choice = "ct.nrrd"
+    page._reported(page.open_data_entry)()
+    state.grata_model_id, state.grata_p_steps, state.grata_p_method = MODEL_FILE, 1, "grata"
+    page._reported(page.adapt_or_cancel)()
+    assert session.wait(timeout=300) is RunState.Done, session.log_lines[-3:]
+    page._after_poll()
+    assert [s["name"] for s in state.grata_segments] == ["liver", "spleen"] and state.grata_plot_points == 1
+    before = state.grata_model_file
+    page._on_upload_model([{"name": "notes.zip", "content": b"not a zip"}])
+    assert state.grata_message_type == "error" and "not a zip archive" in state.grata_message
+    assert state.grata_model_file == before
+    page._on_upload_model([])
+    assert state.grata_message_type == "error" and state.grata_message == "no file was uploaded"
+    with pytest.raises(SessionError, match="not a usable file name"):
+        session.store_model_upload("", b"")

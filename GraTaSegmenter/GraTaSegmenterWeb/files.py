@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import stat
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Iterable
 
@@ -24,6 +27,10 @@ SEGMENTATION_SUFFIX = ".seg.nrrd"
 LABELMAP_SUFFIX = ".labelmap.nrrd"
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
 MAX_LISTED = 2000
+#: what an uploaded model archive may unpack to: a full-size nnU-Net model folder with five folds
+#: and their optimiser states is about 3 GiB
+MODEL_ARCHIVE_BYTES = 16 << 30
+MODEL_ARCHIVE_MEMBERS = 20000
 
 
 class FileRefused(ValueError):
@@ -129,6 +136,77 @@ def store_uploads(files: Iterable[tuple[str, bytes]], folder: Path) -> Path:
         path.write_bytes(content)
         paths.append(path)
     return paths[0] if len(paths) == 1 else target
+
+
+def unpack_model_archive(archive: Path, folder: Path) -> Path:
+    """A model folder uploaded as one ``.zip`` (a browser uploads files, not folders): an nnU-Net
+    model folder (with one or more of its folds) or a MONAI bundle, unpacked into a new folder under ``folder``.
+    Nothing lands outside that folder: absolute names, ``..`` and links are refused, and so is an
+    archive that unpacks to more than :data:`MODEL_ARCHIVE_BYTES` (counted while unpacking, not from
+    the archive's own claims). Returns the model folder inside (the shallowest; several at that
+    depth are refused); on any refusal nothing of the archive is left."""
+    target = Path(tempfile.mkdtemp(prefix="model-", dir=folder))
+    try:
+        _unpack(archive, target)
+        return _model_folder_in(target, archive.name)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def _unpack(archive: Path, target: Path) -> None:
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            members = zipped.infolist()
+            if len(members) > MODEL_ARCHIVE_MEMBERS:
+                raise FileRefused(f"{archive.name} holds {len(members)} files; a model folder has far fewer. "
+                                  f"Zip the model folder alone")
+            unpacked = 0
+            for member in members:
+                name = member.filename.replace("\\", "/")
+                parts = [part for part in name.split("/") if part not in ("", ".")]
+                if not parts or parts[0] == "__MACOSX":  # macOS's resource forks: not the model's
+                    continue
+                if name.startswith("/") or ".." in parts or ":" in parts[0]:
+                    raise FileRefused(f"{archive.name} holds {member.filename!r}, which would be unpacked outside "
+                                      f"its folder; zip the model folder itself")
+                if stat.S_ISLNK(member.external_attr >> 16):
+                    raise FileRefused(f"{archive.name} holds a link ({member.filename}); zip the model's files, "
+                                      f"not links to them")
+                destination = target.joinpath(*parts)
+                if member.is_dir():
+                    destination.mkdir(parents=True, exist_ok=True)
+                    continue
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                with zipped.open(member) as source, open(destination, "xb") as out:  # "x": names once each
+                    while chunk := source.read(1 << 20):
+                        unpacked += len(chunk)
+                        if unpacked > MODEL_ARCHIVE_BYTES:
+                            raise FileRefused(f"{archive.name} unpacks to more than "
+                                              f"{MODEL_ARCHIVE_BYTES >> 30} GiB; that is no model folder. Zip "
+                                              f"the model folder alone (one fold is enough to adapt)")
+                        out.write(chunk)
+    except FileExistsError:
+        raise FileRefused(f"{archive.name} holds two files of one name; zip the model folder again") from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+        raise FileRefused(f"{archive.name} is not a zip archive that can be read ({exc}); zip the model folder "
+                          f"again") from None
+
+
+def _model_folder_in(target: Path, name: str) -> Path:
+    from GraTaSegmenterLib import model_folders
+
+    level = [target]
+    for _ in range(4):  # the archive's top, or the folders it holds (Dataset.../nnUNetTrainer__...)
+        found = [d for d in level if model_folders.kind(d) is not None]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise FileRefused(f"{name} holds several models ({', '.join(sorted(d.name for d in found))}); "
+                              f"zip one model folder")
+        level = sorted(child for d in level for child in d.iterdir() if child.is_dir())
+    raise FileRefused(f"{name} holds no nnU-Net model folder (dataset.json, plans.json, fold_N) and no MONAI "
+                      f"bundle (configs/inference.json or .yaml); zip the model folder itself")
 
 
 def commit_files(written: dict[Path, Path], overwrite: bool) -> list[Path]:

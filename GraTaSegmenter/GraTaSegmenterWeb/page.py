@@ -183,7 +183,7 @@ class GraTaPage:
         with html.Div(v_if=(f"grata_model_id === '{MODEL_FILE}'",), classes="d-flex align-center mt-2"):
             v3.VSelect(label="Model file in the data folder", items=("grata_model_entries",),
                        v_model=("grata_model_file",), density="compact", hide_details=True)
-            self.upload_model = LoadVolumeButton(name="Upload a model file", load_directory=False,
+            self.upload_model = LoadVolumeButton(name="Upload a model file (a model folder as .zip)", load_directory=False,
                                                  icon="mdi-upload", typed_state=self._typed("grata_upload_model"))
             self.upload_model.on_load_volume.connect(self._on_upload_model)
         html.Div("{{ grata_model_card }}", v_show=("grata_model_card",), id="grata-model-card",
@@ -328,10 +328,14 @@ class GraTaPage:
 
     def _on_upload_model(self, uploads: list[dict]) -> None:
         def upload():
-            path = self.session.store_uploads([(ClientFile(f).name, ClientFile(f).content) for f in uploads[:1]])
+            if not uploads:
+                raise SessionError("no file was uploaded")
+            upload = ClientFile(uploads[0])
+            path = self.session.store_model_upload(upload.name, upload.content)
             self.state.grata_model_entries = [*files.model_entries(self.session.data_dir), str(path)]
             self.state.grata_model_file = str(path)
-            self._say(f"Model file {path.name} uploaded; it is checked when the run starts.", "success")
+            what = "Model folder" if path.is_dir() else "Model file"
+            self._say(f"{what} {path.name} uploaded; it is checked when the run starts.", "success")
 
         self._reported(upload)()
         self.state.flush()

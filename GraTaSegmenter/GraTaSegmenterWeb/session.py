@@ -207,6 +207,19 @@ class WebSession:
         except files.FileRefused as exc:
             raise SessionError(str(exc)) from None
 
+    def store_model_upload(self, name: str, content: bytes) -> Path:
+        """An uploaded model: a model file as it is, a ``.zip`` of a model folder unpacked
+        (:func:`files.unpack_model_archive`); the archive itself is not kept."""
+        stored = self.store_uploads([(name, content)])
+        if not stored.name.lower().endswith(".zip"):
+            return stored
+        try:
+            return files.unpack_model_archive(stored, self.work / "uploads")
+        except files.FileRefused as exc:
+            raise SessionError(str(exc)) from None
+        finally:
+            shutil.rmtree(stored.parent, ignore_errors=True)
+
     # -- the image ------------------------------------------------------------------------
     def open_image(self, path: str | os.PathLike, confirm: bool = False):
         """Read ``path`` with the engine's reader and show it; the previous image and its
