@@ -24,6 +24,11 @@ def test_a_step_costs_the_passes_its_method_makes():
     assert estimate.prediction_seconds == pytest.approx(0.5 * 32)
     assert estimate.text() == ("about 80 s (a forward pass of one window takes 0.50 s; 10 steps of about 12 "
                                "passes each; prediction 32 passes)")
+    cropped = cost.Estimate(forward_seconds=0.5, steps=10, passes_per_step=12.4, selection_passes=4,
+                            prediction_passes=32, step_forward_seconds=0.25)  # the steps on a crop, timed apart
+    assert cropped.seconds == pytest.approx(0.25 * 124 + 0.5 * (4 + 32))
+    assert cropped.prediction_seconds == pytest.approx(0.5 * 32)
+    assert "window takes 0.50 s; of the steps' crop 0.25 s; 10 steps" in cropped.text()
 
 
 @pytest.mark.parametrize("seconds, text", [(0.2, "1 s"), (89.4, "89 s"), (90, "2 min"), (3599, "60 min"),
@@ -122,6 +127,26 @@ def test_the_activations_kept_for_the_backward_pass_are_counted_without_memory()
         p.requires_grad_(False)
     assert memory.saved_activation_bytes(net, x) == 0  # nothing learns: nothing is kept
     assert next(net.parameters()).device.type == "cpu"  # the network itself was not moved
+
+
+def test_a_step_too_large_for_the_memory_runs_on_the_largest_centre_crop_that_fits():
+    """Each axis a multiple of the network's stride, all shrinking together in 5 % steps, never
+    below half the window; crops the network cannot take are passed over; None where none fits."""
+    import torch
+
+    per_voxel = 10
+    need = lambda shape: per_voxel * shape[0] * shape[1] * shape[2]  # noqa: E731 - a step's bytes, linear in voxels
+    whole = need((20, 80, 80))
+    assert memory.adaptation_crop((20, 80, 80), (4, 16, 16), need, whole) == (16, 64, 64)  # the first step down
+    assert memory.adaptation_crop((20, 80, 80), (4, 16, 16), need, need((16, 64, 64)) - 1) == (12, 48, 48)
+    assert memory.adaptation_crop((20, 80, 80), (4, 16, 16), need, need((12, 48, 48)) - 1) is None  # half: no less
+    fine = memory.adaptation_crop((128, 128, 128), (1, 1, 1), need, need((128, 128, 128)) // 2)
+    assert fine == (96, 96, 96) and need(fine) <= need((128, 128, 128)) // 2 < need((102, 102, 102))
+    refused = lambda shape: None if shape == (16, 64, 64) else need(shape)  # noqa: E731 - a shape the net refuses
+    assert memory.adaptation_crop((20, 80, 80), (4, 16, 16), refused, whole) == (12, 48, 48)
+    x = torch.arange(2 * 20 * 80 * 80, dtype=torch.float32).reshape(1, 2, 20, 80, 80)
+    crop = memory.centre_crop(x, (12, 48, 48))
+    assert crop.shape == (1, 2, 12, 48, 48) and torch.equal(crop, x[:, :, 4:16, 16:64, 16:64])
 
 
 def test_a_step_that_cannot_fit_is_refused_with_what_to_do():

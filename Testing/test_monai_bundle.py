@@ -288,6 +288,26 @@ def test_the_gradient_methods_adapt_only_norm_affine_parameters_and_predict_with
     assert not np.array_equal(prediction.labels, none.labels)
 
 
+def test_steps_too_large_for_the_free_memory_run_on_a_crop_the_network_takes(bundle, volume, monkeypatch):
+    """A bundle says nothing of its network's stride: the crop's axes are multiples of the largest
+    power of two dividing the window (48 -> 16), checked by the network's own shapes on the meta device."""
+    from GraTaSegmenterLib import memory
+
+    seg = Segmenter(Options(model=str(bundle), device="cpu", method="grata", steps=2, lr=1e-2))
+    loaded = imageio.read_image(volume)
+    case = seg.pipeline.prepare(loaded.array, loaded.image)
+    window = seg.pipeline.window(case, case.windows[0])
+    assert seg.pipeline.step_multiple(tuple(window.shape[2:])) == tuple(16 for _ in window.shape[2:])
+    whole = memory.step_bytes("grata", memory.saved_activation_bytes(seg.method.model, window))
+    monkeypatch.setattr(memory, "device_available_bytes", lambda device: whole - 1)
+    shapes, step = [], seg.method.step
+    seg.method.step = lambda x: (shapes.append(tuple(x.shape[2:])), step(x))[1]
+    prediction = seg.segment(loaded)
+    expected = tuple(32 if size == 48 else size for size in window.shape[2:])  # 48 -> 32; 16 stays (half: 8 < 16)
+    assert seg.step_crop == expected and shapes == [expected] * 2
+    assert len(prediction.records) == 2 and all(np.isfinite(r["cosine"]) for r in prediction.records)
+
+
 def test_lateral_labels_keep_the_left_right_axis_out_of_the_views(tmp_path):
     meta = copy_module.deepcopy(METADATA)
     meta["network_data_format"]["outputs"]["pred"]["channel_def"] = {"0": "background", "1": "left kidney",

@@ -466,7 +466,10 @@ def test_the_run_says_how_long_it_will_take_from_one_timed_forward_pass(copy, tm
 
     none = Segmenter(Options(model=str(copy), device="cpu", method="none"), log=lines.append,
                      emit=lambda name, **fields: events.append({"event": name, **fields}))
-    none.segment(imageio.read_image(path))
+    loaded = imageio.read_image(path)
+    prepared = none.pipeline.prepare(loaded.array, loaded.image)
+    none.pipeline.use_range(prepared)
+    none._announce_cost(loaded, 0, prepared, steps=0)  # what segment() announces, without the prediction after it
     assert events[-1]["event"] == "estimate"  # no steps, no window choice: the prediction alone
     assert events[-1]["seconds"] == pytest.approx(events[-1]["forward_seconds"] * windows * 4, rel=1e-9)
 
@@ -485,8 +488,8 @@ def test_steps_that_do_not_fit_in_the_free_memory_are_refused_before_the_first(f
     steps = []
     seg = Segmenter(Options(model=str(folder), device="cpu", method="grata", steps=2), log=lines.append,
                     emit=lambda name, **fields: steps.append(name))
-    with pytest.raises(OutOfMemory, match=r"needs about .* GiB of memory and 0\.0 GiB is free on cpu; use --method "
-                                          r"none"):
+    with pytest.raises(OutOfMemory, match=r"needs about .* GiB of memory \(and crops of them down to 50% of each "
+                                          r"axis do not fit either\) and 0\.0 GiB is free on cpu; use --method none"):
         seg.segment(loaded)
     assert "step" not in steps and volume_b.read_bytes() == before
     Segmenter(Options(model=str(folder), device="cpu", method="none"), log=lines.append).segment(loaded)  # no steps
@@ -513,10 +516,54 @@ def test_on_a_gpu_the_consistency_views_per_pass_follow_the_free_memory(folder, 
         assert seg.method.loss_context.batch_views == expected
         held = memory.step_bytes("grata", saved, expected)  # the step's memory with the views it will run
         assert lines[-2] == f"an adaptation step holds about {held / (1 << 20):.0f} MiB on {seg.device_text}"
-    assert lines[-1].startswith("the consistency views run 1 per pass (of 7)")
+    assert lines[-1].startswith("the consistency views run 1 per pass (of 7)") and seg.step_crop is None
     monkeypatch.setattr(memory, "device_available_bytes", lambda device: need - 1)
+    seg._check_step_fits(window)  # a whole window's step with one view does not fit: a crop of it does
+    assert seg.step_crop is not None and seg.method.loss_context.batch_views >= 1
+    monkeypatch.setattr(memory, "device_available_bytes", lambda device: 1 << 20)
     with pytest.raises(OutOfMemory):
         seg._check_step_fits(window)
+
+
+def test_steps_too_large_for_the_free_memory_run_on_a_centre_crop_of_the_windows(folder, volume_b, monkeypatch):
+    """Where a step on a whole window does not fit and one on a crop does, the steps run on the
+    largest centre crop that fits (each axis a multiple of the network's stride, at least half the
+    window), the estimate counts the smaller steps, and the prediction keeps nnU-Net's windows."""
+    from GraTaSegmenterLib import cost, memory
+
+    loaded = imageio.read_image(volume_b)
+    lines, events, shapes = [], [], []
+    seg = Segmenter(Options(model=str(folder), device="cpu", method="grata", steps=2), log=lines.append,
+                    emit=lambda name, **fields: events.append((name, fields)))
+    case = seg.pipeline.prepare(loaded.array, loaded.image)
+    seg.pipeline.use_range(case)
+    window = seg.pipeline.window(case, case.windows[0])
+    count = memory.activation_counter(seg.method.model)
+    whole = memory.step_bytes("grata", count(tuple(window.shape))[0])
+    monkeypatch.setattr(memory, "device_available_bytes", lambda device: whole - 1)
+    step = seg.method.step
+    seg.method.step = lambda x: (shapes.append(tuple(x.shape)), step(x))[1]
+    prediction = seg.segment(loaded)
+    patch, multiple, crop = seg.pipeline.patch, seg.pipeline.step_multiple(seg.pipeline.patch), seg.step_crop
+    assert crop is not None and crop != patch and shapes == [(1, 1, *crop)] * 2
+    assert all(c % m == 0 and p / 2 <= c <= p for c, m, p in zip(crop, multiple, patch))
+    assert memory.step_bytes("grata", count((1, 1, *crop))[0]) <= whole - 1
+    said = " x ".join(map(str, crop))
+    assert any(line.endswith(f"the steps run on its centre {said} voxels (the prediction on whole windows)")
+               for line in lines)
+    estimate = next(fields for name, fields in events if name == "estimate")
+    context = seg.method.loss_context
+    views = len(consistency_views(context.spatial_dims, context.view_axes))
+    selection = len(case.windows) if len(case.windows) > 1 else 0
+    told = next(line for line in lines if " forward pass of one window takes " in line)
+    crop_seconds = float(told.split("of the steps' crop ")[1].split(" s")[0])  # timed apart, as said
+    whole_passes = selection + seg.pipeline.prediction_passes(case)
+    assert estimate["seconds"] == pytest.approx(estimate["forward_seconds"] * whole_passes
+                                                + crop_seconds * 2 * cost.step_passes("grata", views),
+                                                abs=0.005 * 2 * cost.step_passes("grata", views))  # said to 0.01 s
+    steps = [fields for name, fields in events if name == "step"]
+    assert len(steps) == 2 and all(np.isfinite(s["cosine"]) for s in steps)
+    assert prediction.masks.shape[1:] == loaded.array.shape[-3:] and prediction.masks.any()
 
 
 def test_on_a_gpu_the_estimate_times_a_forward_pass_after_the_set_up(folder, volume_b, monkeypatch):

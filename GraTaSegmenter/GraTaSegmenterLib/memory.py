@@ -121,26 +121,70 @@ def step_bytes(method: str, saved: int, views_per_pass: int = 1) -> int:
 def saved_activation_bytes(model, x) -> int:
     """Bytes autograd keeps for the backward pass of one forward of ``x`` (the parameters that
     adapt, and only they, require gradients), counted on the meta device: no memory, no compute."""
+    return activation_counter(model)(tuple(x.shape), x.dtype)[0]
+
+
+def activation_counter(model):
+    """``count(shape, dtype) -> (bytes kept for the backward pass, output shape)`` for batches of
+    ``shape``, on one meta copy of ``model`` (copied once, however many shapes are counted)."""
     import copy
 
     import torch
 
     meta = copy.deepcopy(model).to("meta")
-    kept: list[torch.Tensor] = []  # held so that ids stay unique while counting
-    seen: set[int] = set()
-    total = 0
 
-    def pack(t):
-        nonlocal total
-        if id(t) not in seen:
-            seen.add(id(t))
-            kept.append(t)
-            total += t.numel() * t.element_size()
-        return t
+    def count(shape: tuple[int, ...], dtype=torch.float32) -> tuple[int, tuple[int, ...]]:
+        kept: list[torch.Tensor] = []  # held so that ids stay unique while counting
+        seen: set[int] = set()
+        total = 0
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
-        meta(torch.empty(x.shape, dtype=x.dtype, device="meta"))
-    return total
+        def pack(t):
+            nonlocal total
+            if id(t) not in seen:
+                seen.add(id(t))
+                kept.append(t)
+                total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.enable_grad():
+            out = meta(torch.empty(shape, dtype=dtype, device="meta"))
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        return total, tuple(out.shape)
+
+    return count
+
+
+#: the adaptation steps crop the model's windows to no less than this fraction of each axis: a
+#: smaller crop's instance statistics stand less for what the network sees when it predicts
+MIN_CROP_FRACTION = 0.5
+
+
+def adaptation_crop(patch: tuple[int, ...], multiple: tuple[int, ...], need, available: int) -> tuple[int, ...] | None:
+    """The largest crop of the ``patch``-sized windows whose step fits in ``available`` bytes: each
+    axis a multiple of ``multiple`` (the network's total stride there) and at least
+    :data:`MIN_CROP_FRACTION` of the window; ``need(shape)`` is a step's bytes on ``shape`` (None
+    where the network cannot take it). The axes shrink together, in steps of 5 %. None where even
+    the smallest crop does not fit: then the step is refused (:func:`check_step_fits`)."""
+    smallest = tuple(max(m, math.ceil(p * MIN_CROP_FRACTION / m) * m) for p, m in zip(patch, multiple))
+    tried: set[tuple[int, ...]] = {tuple(patch)}
+    for k in range(1, 20):
+        scale = 1.0 - 0.05 * k
+        shape = tuple(min(p, max(lo, int(p * scale) // m * m)) for p, m, lo in zip(patch, multiple, smallest))
+        if shape in tried:
+            continue
+        tried.add(shape)
+        bytes_needed = need(shape)
+        if bytes_needed is not None and bytes_needed <= available:
+            return shape
+        if shape == smallest:
+            break
+    return None
+
+
+def centre_crop(x, shape: tuple[int, ...]):
+    """The centre ``shape`` of the spatial axes of a (B, C, *spatial) batch."""
+    starts = [(size - want) // 2 for size, want in zip(x.shape[2:], shape)]
+    return x[(slice(None), slice(None), *(slice(a, a + want) for a, want in zip(starts, shape)))]
 
 
 def views_per_pass(views: int, available: int | None, method: str, saved: int, default: int) -> int:
@@ -164,11 +208,15 @@ def device_available_bytes(device) -> int | None:
     return available_bytes()
 
 
-def check_step_fits(need: int, available: int | None, patch: tuple[int, ...], device_text: str) -> None:
-    """Refuse adaptation steps that cannot fit, before the first one, saying what to do."""
+def check_step_fits(need: int, available: int | None, patch: tuple[int, ...], device_text: str,
+                    cropped: bool = False) -> None:
+    """Refuse adaptation steps that cannot fit, before the first one, saying what to do (``cropped``:
+    no crop of the windows fits either, :func:`adaptation_crop`)."""
     if available is None or need <= available:
         return
+    crops = (f" (and crops of them down to {MIN_CROP_FRACTION:.0%} of each axis do not fit either)" if cropped
+             else "")
     raise OutOfMemory(f"an adaptation step of this model on its {' x '.join(map(str, patch))} windows needs about "
-                      f"{_gib(need)} of memory and {_gib(available)} is free on {device_text}; use --method none "
+                      f"{_gib(need)} of memory{crops} and {_gib(available)} is free on {device_text}; use --method none "
                       f"(no steps: the model's own prediction), --precision bf16 where the device has it, close "
                       f"other programs, or use a device with more memory")

@@ -101,6 +101,12 @@ class WindowedPipeline:
     def use_range(self, case: PreparedCase) -> None:
         self.module.set_range(case.low.to(self.device), case.high.to(self.device))
 
+    def step_multiple(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """What each axis of a crop of a ``shape`` window must be a multiple of for the network (its
+        total stride): here the largest power of two dividing the window, which the windows of a
+        strided network are made to be; a crop the network cannot take is skipped all the same."""
+        return tuple(size & -size for size in shape)
+
 
 class NnUNetPipeline(WindowedPipeline):
     """nnU-Net's preprocessing and prediction around the engine's adaptation steps."""
@@ -121,6 +127,14 @@ class NnUNetPipeline(WindowedPipeline):
                                              model.mirror_axes)
         self.module = UnitInterval(model.network, model.card.input_channels, model.card, model.mirror_axes).to(device)
         self.patch = tuple(int(v) for v in self.configuration_manager.patch_size)
+
+    def step_multiple(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The network's total stride per axis, from the plans (a crop of the windows must be a multiple)."""
+        total = [1] * len(shape)
+        for stride in self.configuration_manager.pool_op_kernel_sizes:
+            stride = list(stride) if isinstance(stride, (list, tuple)) else [stride] * len(shape)
+            total = [t * int(s) for t, s in zip(total, stride)]
+        return tuple(total)
 
     def prepare(self, array: np.ndarray, image) -> PreparedCase:
         """nnU-Net's preprocessing of a (C, z, y, x) volume (SimpleITK's voxel order) with the spacing of

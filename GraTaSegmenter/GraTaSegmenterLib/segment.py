@@ -295,6 +295,7 @@ class Segmenter:
         self.global_step = 0
         self.total_steps = 0
         self._forward_warm = False  # whether a forward pass ran before the timed one (see _announce_cost)
+        self.step_crop: tuple[int, ...] | None = None  # the steps' crop of the windows, where memory is short
         self.current_input: str | None = None  # the input being processed (for error reports)
         self.inputs: list[Path] = []  # of the current run, with what became of each (for the summary)
         self.kept: list[str] = []
@@ -450,11 +451,13 @@ class Segmenter:
             self._announce_cost(loaded, input_index, case, steps)
             windows = pipeline.adaptation_windows(case, steps, self.method.predict) if steps else []
             if steps:
+                crop = f", their centre {' x '.join(map(str, self.step_crop))}" if self.step_crop else ""
                 self.log(f"{loaded.path.name}: adapting on {_plural(len(windows), 'window')} of "
-                         f"{len(case.windows)} ({' x '.join(map(str, pipeline.patch))} voxels each), "
+                         f"{len(case.windows)} ({' x '.join(map(str, pipeline.patch))} voxels each{crop}), "
                          f"the ones with the most foreground")
             for k in range(steps):
-                rec = self.method.step(pipeline.window(case, windows[k % len(windows)])).to_dict()
+                x = pipeline.window(case, windows[k % len(windows)])
+                rec = self.method.step(memory.centre_crop(x, self.step_crop) if self.step_crop else x).to_dict()
                 record = self._step_record(loaded, input_index, k, steps, rec)
                 records.append(record)
                 self.emit("step", **record)
@@ -493,6 +496,7 @@ class Segmenter:
 
         pipeline = self.pipeline
         first = pipeline.window(case, case.windows[0])
+        self.step_crop = None
         if steps and self.options.method in GRADIENT_METHODS:
             self._check_step_fits(first)
         with self.method._out_of_memory("timing a forward pass"):
@@ -502,12 +506,17 @@ class Segmenter:
                 self.method.predict(first)
                 self._forward_warm = True
             forward_seconds = cost.timed_forward(self.method.predict, first)
+            crop_seconds = None
+            if self.step_crop:  # steps on a crop: timed apart (a CPU's time does not follow the voxels)
+                crop = memory.centre_crop(first, self.step_crop)
+                self.method.predict(crop)  # a new shape's first pass chooses its kernels
+                crop_seconds = cost.timed_forward(self.method.predict, crop)
         context = getattr(self.method, "loss_context", None)
         views = len(consistency_views(context.spatial_dims, context.view_axes)) if context is not None else 0
         estimate = cost.Estimate(
             forward_seconds=forward_seconds, steps=steps, passes_per_step=cost.step_passes(self.options.method, views),
             selection_passes=len(case.windows) if steps and len(case.windows) > 1 else 0,
-            prediction_passes=pipeline.prediction_passes(case))
+            prediction_passes=pipeline.prediction_passes(case), step_forward_seconds=crop_seconds)
         self.emit("estimate", input_index=input_index, input=str(loaded.path), seconds=estimate.seconds,
                   forward_seconds=forward_seconds, prediction_seconds=estimate.prediction_seconds,
                   device=self.device_text)
@@ -515,23 +524,48 @@ class Segmenter:
 
     def _check_step_fits(self, window: torch.Tensor) -> None:
         """Refuse steps on windows like ``window`` whose memory (counted on the meta device,
-        :mod:`.memory`) is not free now, before the first one, instead of running out of memory in it."""
+        :mod:`.memory`) is not free now, before the first one, instead of running out of memory in it.
+        Where a whole window's step does not fit but a crop of it does, the steps run on the largest
+        such centre crop (``self.step_crop``; the prediction keeps the model's windows); on a GPU the
+        consistency views per pass are the most that fit beside the step."""
+        self.step_crop = None
         try:
-            saved = memory.saved_activation_bytes(self.method.model, window)
+            count = memory.activation_counter(self.method.model)
+            saved = count(tuple(window.shape), window.dtype)[0]
         except Exception:  # noqa: BLE001 - an operation without a meta kernel: the step's own check speaks
             return
         method, available = self.options.method, memory.device_available_bytes(self.device)
         context = getattr(self.method, "loss_context", None)
         per_pass = context.batch_views if context is not None else 1
         choose = self.device.type == "cuda" and context is not None  # on a CPU one view at a time is fastest
+        shape = tuple(window.shape[2:])
+        if choose:
+            per_pass = 1  # the views are chosen for the window or crop the steps run on
+        whole = memory.step_bytes(method, saved, per_pass)
+        if available is not None and whole > available:
+            def need(crop: tuple[int, ...]) -> int | None:
+                try:
+                    crop_saved, out = count((*window.shape[:2], *crop), window.dtype)
+                except Exception:  # noqa: BLE001 - a crop the network cannot take
+                    return None
+                return memory.step_bytes(method, crop_saved, per_pass) if tuple(out[2:]) == crop else None
+
+            crop = memory.adaptation_crop(shape, self.pipeline.step_multiple(shape), need, available)
+            if crop is None:
+                memory.check_step_fits(whole, available, shape, self.device_text, cropped=True)  # refuses
+            self.step_crop = crop
+            saved = count((*window.shape[:2], *crop), window.dtype)[0]
+            self.log(f"a step on a whole {' x '.join(map(str, shape))} window needs about {whole / (1 << 20):.0f} MiB "
+                     f"and {available / (1 << 20):.0f} MiB is free on {self.device_text}: the steps run on its "
+                     f"centre {' x '.join(map(str, crop))} voxels (the prediction on whole windows)")
         if choose:
             from .adaptation.views import consistency_views
 
             views = len(consistency_views(context.spatial_dims, context.view_axes))
-            per_pass = context.batch_views = memory.views_per_pass(views, available, method, saved, per_pass)
-        need = memory.step_bytes(method, saved, per_pass)  # more views per pass hold more (memory.VIEW_PEAK)
-        memory.check_step_fits(need, available, self.pipeline.patch, self.device_text)
-        self.log(f"an adaptation step holds about {need / (1 << 20):.0f} MiB on {self.device_text}")
+            per_pass = context.batch_views = memory.views_per_pass(views, available, method, saved,
+                                                                   context.batch_views)
+        need_bytes = memory.step_bytes(method, saved, per_pass)  # more views per pass hold more (memory.VIEW_PEAK)
+        self.log(f"an adaptation step holds about {need_bytes / (1 << 20):.0f} MiB on {self.device_text}")
         if choose:
             self.log(f"the consistency views run {per_pass} per pass (of {views}), as the free "
                      f"memory of {self.device_text} allows")
