@@ -232,3 +232,28 @@ def test_cancel_mid_run_and_a_bad_file(page, data_dir):
     page.wait_for_selector("#grata-message:has-text('cannot be read')")
     assert "broken.png" in message.inner_text()
     assert page.locator("#grata-image-name").inner_text() == "phantom_B_0"  # the image before stays
+
+
+def test_a_model_folder_uploads_as_a_zip_through_the_pages_file_input(page, tmp_path):
+    """A browser uploads files, not folders: a MONAI bundle zipped, through the model's own file
+    input (real bytes over the page's websocket), becomes the model with its card."""
+    import zipfile
+
+    from test_monai_bundle import make_bundle
+
+    bundle = make_bundle(tmp_path / "tiny")
+    archive = tmp_path / "tiny.zip"
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(bundle.rglob("*")):
+            zipped.write(path, "tiny/" + path.relative_to(bundle).as_posix())
+    default = page.locator(".v-field", has=page.locator("#grata-model")).inner_text().strip()
+    _choose(page, "grata-model", "A model file (.safetensors, a reference .pth) or an nnU-Net model folder or MONAI "
+                                 "bundle (in the data folder, or uploaded as .zip)")
+    page.locator("#grata-upload-model input[type=file]").set_input_files(str(archive))
+    page.wait_for_selector("#grata-message:has-text('Model folder tiny uploaded')", timeout=60_000)
+    page.wait_for_selector("#grata-model-card:has-text('MONAI bundle tiny abdomen')", timeout=30_000)
+    assert "Segments: liver, spleen" in page.locator("#grata-model-card").inner_text()
+    archive.write_bytes(b"not a zip")
+    page.locator("#grata-upload-model input[type=file]").set_input_files(str(archive))
+    page.wait_for_selector("#grata-message:has-text('not a zip archive that can be read')", timeout=60_000)
+    _choose(page, "grata-model", default)  # one scene for every tab: the next test finds the default model

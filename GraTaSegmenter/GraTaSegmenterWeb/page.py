@@ -183,8 +183,9 @@ class GraTaPage:
         with html.Div(v_if=(f"grata_model_id === '{MODEL_FILE}'",), classes="d-flex align-center mt-2"):
             v3.VSelect(label="Model file in the data folder", items=("grata_model_entries",),
                        v_model=("grata_model_file",), density="compact", hide_details=True)
-            self.upload_model = LoadVolumeButton(name="Upload a model file (a model folder as .zip)", load_directory=False,
-                                                 icon="mdi-upload", typed_state=self._typed("grata_upload_model"))
+            self.upload_model = LoadVolumeButton(name="Upload a model file (a model folder as .zip)",
+                                                 load_directory=False, icon="mdi-upload",
+                                                 typed_state=self._typed("grata_upload_model"), id="grata-upload-model")
             self.upload_model.on_load_volume.connect(self._on_upload_model)
         html.Div("{{ grata_model_card }}", v_show=("grata_model_card",), id="grata-model-card",
                  classes="text-caption mt-2 pa-1",  # a card can be long: it scrolls, the controls stay in view

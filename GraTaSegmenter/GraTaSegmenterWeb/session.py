@@ -137,7 +137,8 @@ class WebSession:
         """The catalog's runnable entries (bundled first), then 'a model file'."""
         entries = [{"value": e.id, "title": e.name} for e in self.catalog if e.kind in ("bundled", "download")]
         return entries + [{"value": MODEL_FILE, "title": "A model file (.safetensors, a reference .pth) or an nnU-Net "
-                                                         "model folder or MONAI bundle in the data folder"}]
+                                                         "model folder or MONAI bundle (in the data folder, or "
+                                                         "uploaded as .zip)"}]
 
     @property
     def default_model(self) -> str:
