@@ -22,15 +22,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "GraTaSegmenter"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from GraTaSegmenterLib import imageio, memory, phantom3d  # noqa: E402
+from GraTaSegmenterLib import imageio, memory  # noqa: E402
 from GraTaSegmenterLib.segment import Options, Segmenter  # noqa: E402
-from volume_benchmark import SEED, organ_metrics  # noqa: E402
+from volume_benchmark import organ_metrics, write_cases  # noqa: E402
 
 
 def whole_window_step_bytes(seg: Segmenter, path: Path, crop=None) -> int:
@@ -83,14 +82,7 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for centre in args.centres:
-            files = []
-            for i in range(args.cases):
-                case = phantom3d.render_case(centre, i, seed=SEED, scale=args.scale)
-                image = sitk.GetImageFromArray(case.image)
-                image.SetSpacing(tuple(reversed(case.spacing)))
-                path = Path(tmp) / f"centre_{centre}_{i:02d}.nii.gz"
-                sitk.WriteImage(image, str(path))
-                files.append((path, case.labels, case.spacing))
+            files = write_cases(centre, args.cases, args.scale, Path(tmp))
             for name, steps, short in (("none", 0, False), ("whole windows", args.steps, False),
                                        ("centre crop", args.steps, True)):
                 result = {"centre": centre, "run": name, **run(args.model, files, steps, args.lr, args.seed, short)}

@@ -63,6 +63,19 @@ def organ_metrics(masks: np.ndarray, labels: np.ndarray, spacing) -> dict[str, f
     return out
 
 
+def write_cases(centre: str, cases: int, scale: float, folder: Path) -> list[tuple[Path, np.ndarray, tuple]]:
+    """The benchmark's volumes of ``centre`` as NIfTI files in ``folder``, with their labels and spacing."""
+    files = []
+    for i in range(cases):
+        case = phantom3d.render_case(centre, i, seed=SEED, scale=scale)
+        image = sitk.GetImageFromArray(case.image)
+        image.SetSpacing(tuple(reversed(case.spacing)))
+        path = folder / f"centre_{centre}_{i:02d}.nii.gz"
+        sitk.WriteImage(image, str(path))
+        files.append((path, case.labels, case.spacing))
+    return files
+
+
 def make_segmenter(model: str, key: str, lr: float, mode: str, steps: int, seed: int) -> Segmenter:
     method, extra = METHOD_OPTIONS[key]
     seg = Segmenter(Options(model=model, method=method, steps=steps, lr=lr, mode=mode, device="cpu", seed=seed,
@@ -186,14 +199,7 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for centre in args.centres:
-            files = []
-            for i in range(args.cases):
-                case = phantom3d.render_case(centre, i, seed=SEED, scale=args.scale)
-                image = sitk.GetImageFromArray(case.image)
-                image.SetSpacing(tuple(reversed(case.spacing)))
-                path = Path(tmp) / f"centre_{centre}_{i:02d}.nii.gz"
-                sitk.WriteImage(image, str(path))
-                files.append((path, case.labels, case.spacing))
+            files = write_cases(centre, args.cases, args.scale, Path(tmp))
             protocols = [("continual", 1)] + ([("episodic", args.episodic_steps)] if args.episodic_steps else [])
             for mode, steps in protocols:
                 for key in args.methods:
