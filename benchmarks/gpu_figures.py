@@ -17,6 +17,14 @@ weights' values): the phantom benchmark's network (20 x 80 x 80 windows) and nnU
 
 Every part writes its JSON into DIR as soon as it is measured; one that fails is reported and
 the others still run.
+
+A lent GPU machine has torch but no network: the other packages travel as one archive of the
+cp312 manylinux wheels of requirements/ (simpleitk, nnunetv2, dynamic-network-architectures,
+batchgenerators, acvl-utils (``pip wheel --no-deps``), blosc2, ndindex, nibabel, pydicom), all
+unzipped into one folder and packed with ``tar -cJf`` (about 37 MB), beside the plans.json and
+dataset.json of a phantom model (``scripts/make_nnunet_model.py``). On the machine:
+``tar -xJf site.tar.xz -C /tmp/site && PYTHONPATH=/tmp/site python3 benchmarks/gpu_figures.py
+SOURCE --out /tmp/gpuout`` (4.5 min on an H200).
 """
 
 from __future__ import annotations
