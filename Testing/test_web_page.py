@@ -350,6 +350,15 @@ def test_a_model_folder_zipped_unpacks_to_its_model_and_nothing_else_lands(tmp_p
     with pytest.raises(files.FileRefused, match="holds a link"):
         files.unpack_model_archive(_zip(tmp_path / "l.zip", {"configs/inference.json": b"{}"},
                                         links=[("models/model.pt", "/etc/passwd")]), folder)
+    locked = _zip(tmp_path / "e.zip", {"configs/inference.json": b"{}"})
+    data = bytearray(locked.read_bytes())
+    for header in (b"PK\x03\x04", b"PK\x01\x02"):  # the encryption flag in both headers, as a password sets it
+        at = data.find(header)
+        flags = at + (6 if header == b"PK\x03\x04" else 8)
+        data[flags] |= 0x1
+    locked.write_bytes(bytes(data))
+    with pytest.raises(files.FileRefused, match="is encrypted"):
+        files.unpack_model_archive(locked, folder)
     (tmp_path / "n.zip").write_bytes(b"PK\x03\x04 not really a zip")
     with pytest.raises(files.FileRefused, match="not a zip archive that can be read"):
         files.unpack_model_archive(tmp_path / "n.zip", folder)

@@ -177,6 +177,8 @@ def _unpack(archive: Path, target: Path) -> None:
                 if member.is_dir():
                     destination.mkdir(parents=True, exist_ok=True)
                     continue
+                if member.flag_bits & 0x1:
+                    raise FileRefused(f"{archive.name} is encrypted; zip the model folder without a password")
                 destination.parent.mkdir(parents=True, exist_ok=True)
                 with zipped.open(member) as source, open(destination, "xb") as out:  # "x": names once each
                     while chunk := source.read(1 << 20):
