@@ -61,6 +61,16 @@ METADATA = {"version": "0.1.0", "name": "tiny abdomen", "description": "a tiny t
                                                                          "2": "spleen"}}}}}
 
 
+def zip_bundle(bundle: Path, archive) -> None:
+    """The bundle folder as a user zips it (its own name at the top), into ``archive`` (a path or a file)."""
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w") as zipped:
+        for path in sorted(bundle.rglob("*")):
+            if path.is_file():
+                zipped.write(path, f"{bundle.name}/{path.relative_to(bundle).as_posix()}")
+
+
 def make_bundle(root: Path, inference=None, weights=True, seed=0, network=None) -> Path:
     """A bundle folder; its weights are those of ``network`` (default NETWORK), whatever the config says
     (the refusal tests tamper with the config, not with the weights)."""

@@ -237,15 +237,10 @@ def test_cancel_mid_run_and_a_bad_file(page, data_dir):
 def test_a_model_folder_uploads_as_a_zip_through_the_pages_file_input(page, tmp_path):
     """A browser uploads files, not folders: a MONAI bundle zipped, through the model's own file
     input (real bytes over the page's websocket), becomes the model with its card."""
-    import zipfile
+    from test_monai_bundle import make_bundle, zip_bundle
 
-    from test_monai_bundle import make_bundle
-
-    bundle = make_bundle(tmp_path / "tiny")
     archive = tmp_path / "tiny.zip"
-    with zipfile.ZipFile(archive, "w") as zipped:
-        for path in sorted(bundle.rglob("*")):
-            zipped.write(path, "tiny/" + path.relative_to(bundle).as_posix())
+    zip_bundle(make_bundle(tmp_path / "tiny"), archive)
     default = page.locator(".v-field", has=page.locator("#grata-model")).inner_text().strip()
     _choose(page, "grata-model", "A model file (.safetensors, a reference .pth) or an nnU-Net model folder or MONAI "
                                  "bundle (in the data folder, or uploaded as .zip)")

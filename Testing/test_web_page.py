@@ -371,21 +371,16 @@ def test_a_model_folder_zipped_unpacks_to_its_model_and_nothing_else_lands(tmp_p
 
 def test_a_zipped_bundle_uploaded_on_the_page_shows_its_card_and_is_the_run_model(page, tmp_path):
     import io
-    import zipfile
 
     import SimpleITK as sitk
-    from test_monai_bundle import make_bundle
+    from test_monai_bundle import make_bundle, zip_bundle
 
     from GraTaSegmenterLib import phantom3d
     from GraTaSegmenterLib.slicer_support.process import RunState
     from GraTaSegmenterWeb.session import MODEL_FILE, SessionError
 
-    bundle = make_bundle(tmp_path / "tiny")
     content = io.BytesIO()
-    with zipfile.ZipFile(content, "w") as zipped:
-        for path in sorted(bundle.rglob("*")):
-            if path.is_file():
-                zipped.write(path, "tiny/" + path.relative_to(bundle).as_posix())
+    zip_bundle(make_bundle(tmp_path / "tiny"), content)
     state, session = page.state, page.session
     page._on_upload_model([{"name": "tiny.zip", "size": len(content.getvalue()), "type": "application/zip",
                             "content": content.getvalue()}])

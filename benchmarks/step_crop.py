@@ -32,24 +32,26 @@ from GraTaSegmenterLib.segment import Options, Segmenter  # noqa: E402
 from volume_benchmark import organ_metrics, write_cases  # noqa: E402
 
 
-def whole_window_step_bytes(seg: Segmenter, path: Path, crop=None) -> int:
-    """A GraTa step's bytes on a whole window of the case at ``path`` (what the engine checks), or
-    on its centre ``crop``."""
+def first_window(seg: Segmenter, path: Path):
+    """The first window of the case at ``path``, as the engine checks a step's memory on it."""
     loaded = imageio.read_image(path)
     case = seg.pipeline.prepare(loaded.array, loaded.image)
     seg.pipeline.use_range(case)
-    window = seg.pipeline.window(case, case.windows[0])
-    if crop:
-        window = memory.centre_crop(window, crop)
+    return seg.pipeline.window(case, case.windows[0])
+
+
+def step_bytes(seg: Segmenter, window) -> int:
+    """A GraTa step's bytes on ``window`` (what the engine checks)."""
     return memory.step_bytes("grata", memory.saved_activation_bytes(seg.method.model, window))
 
 
 def run(model: str, files, steps: int, lr: float, seed: int, short: bool) -> dict:
     seg = Segmenter(Options(model=model, method="grata" if steps else "none", steps=steps, lr=lr, mode="episodic",
                             device="cpu", seed=seed, postprocess=False))
+    window = first_window(seg, files[0][0]) if steps else None
     real = memory.device_available_bytes
     if short:  # the free memory of a device where a whole window's step just does not fit
-        free = whole_window_step_bytes(seg, files[0][0]) - 1
+        free = step_bytes(seg, window) - 1
         memory.device_available_bytes = lambda device: free
     rows, step_seconds, start = [], [], time.perf_counter()
     try:
@@ -63,7 +65,8 @@ def run(model: str, files, steps: int, lr: float, seed: int, short: bool) -> dic
             "mean_dice": float(np.mean([r["mean_dice"] for r in rows])),
             "per_case": [r["mean_dice"] for r in rows], "seconds": time.perf_counter() - start,
             "step_seconds": float(np.median(step_seconds)) if step_seconds else None,
-            "step_mib": whole_window_step_bytes(seg, files[0][0], seg.step_crop) / (1 << 20) if steps else None}
+            "step_mib": step_bytes(seg, memory.centre_crop(window, seg.step_crop) if seg.step_crop else window)
+            / (1 << 20) if steps else None}
 
 
 def main(argv=None) -> int:

@@ -536,25 +536,25 @@ class Segmenter:
             return
         method, available = self.options.method, memory.device_available_bytes(self.device)
         context = getattr(self.method, "loss_context", None)
-        per_pass = context.batch_views if context is not None else 1
         choose = self.device.type == "cuda" and context is not None  # on a CPU one view at a time is fastest
+        # on a GPU the views are chosen below, for the window or crop the steps run on: one to begin with
+        per_pass = context.batch_views if context is not None and not choose else 1
         shape = tuple(window.shape[2:])
-        if choose:
-            per_pass = 1  # the views are chosen for the window or crop the steps run on
         whole = memory.step_bytes(method, saved, per_pass)
         if available is not None and whole > available:
+            kept: dict[tuple[int, ...], int] = {}  # per crop tried: the activations it keeps
+
             def need(crop: tuple[int, ...]) -> int | None:
                 try:
-                    crop_saved, out = count((*window.shape[:2], *crop), window.dtype)
+                    kept[crop], out = count((*window.shape[:2], *crop), window.dtype)
                 except Exception:  # noqa: BLE001 - a crop the network cannot take
                     return None
-                return memory.step_bytes(method, crop_saved, per_pass) if tuple(out[2:]) == crop else None
+                return memory.step_bytes(method, kept[crop], per_pass) if tuple(out[2:]) == crop else None
 
             crop = memory.adaptation_crop(shape, self.pipeline.step_multiple(shape), need, available)
             if crop is None:
                 memory.check_step_fits(whole, available, shape, self.device_text, cropped=True)  # refuses
-            self.step_crop = crop
-            saved = count((*window.shape[:2], *crop), window.dtype)[0]
+            self.step_crop, saved = crop, kept[crop]
             self.log(f"a step on a whole {' x '.join(map(str, shape))} window needs about {whole / (1 << 20):.0f} MiB "
                      f"and {available / (1 << 20):.0f} MiB is free on {self.device_text}: the steps run on its "
                      f"centre {' x '.join(map(str, crop))} voxels (the prediction on whole windows)")
